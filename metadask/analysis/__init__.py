@@ -1,0 +1,1 @@
+"""Post-training analysis: pure metric functions, then artifacts rendered from results."""

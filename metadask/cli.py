@@ -1,0 +1,196 @@
+"""``metadask`` command line: make-dataset, inspect, train, predict.
+
+Errors metadask raises on purpose (:class:`~metadask.errors.MetadaskError`) become one line
+on stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from metadask.errors import ConfigError, MetadaskError
+from metadask.log import setup_logging
+
+log = logging.getLogger("metadask")
+
+
+def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise ConfigError(f"--storage-option expects key=value (found {item!r}). Use e.g. --storage-option anon=true.")
+        key, value = item.split("=", 1)
+        low = value.lower()
+        out[key] = True if low == "true" else False if low == "false" else value
+    if "endpoint_url" in out:
+        out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
+    return out
+
+
+def _parse_list(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+class _Group(click.Group):
+    """Run a command, turning MetadaskError into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MetadaskError as exc:
+            if ctx.params.get("debug") or (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"metadask: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("metadask: interrupted; finished pieces are kept (rerun with --resume).", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="metadask")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Train gene-grouped splice-site meta-models on Dask, out of core."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command("make-dataset")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--genes", "n_genes", type=int, default=1000, show_default=True, help="Number of genes.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--kmer", "kmers", type=int, multiple=True, default=(3,), show_default=True, help="k-mer size (repeatable).")
+@click.option("--genes-per-file", type=int, default=100, show_default=True)
+@click.option("--no-drift", is_flag=True, help="Do not add N-containing k-mer columns to some files.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@click.option("-v", "--verbose", is_flag=True)
+def make_dataset_cmd(out: str, n_genes: int, seed: int, kmers: tuple[int, ...], genes_per_file: int,
+                     no_drift: bool, overwrite: bool, verbose: bool) -> None:
+    """Write a synthetic splice-site dataset (upstream layout) to OUT."""
+    from metadask.dataset.synthetic import make_dataset
+
+    setup_logging(verbose)
+
+    def progress(done: int, total: int) -> None:
+        log.info("make-dataset: file %d/%d written", done, total)
+
+    path = make_dataset(out, n_genes, seed=seed, kmer_sizes=kmers, genes_per_file=genes_per_file,
+                        n_kmer_drift=not no_drift, overwrite=overwrite, progress=progress)
+    click.echo(f"Wrote {n_genes} genes to {path}")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--label-column", default="splice_type", show_default=True)
+@click.option("--gene-column", default="gene_id", show_default=True)
+@click.option("--storage-option", "storage", multiple=True, help="fsspec option key=value (repeatable).")
+@click.option("-v", "--verbose", is_flag=True)
+def inspect(dataset: str, as_json: bool, label_column: str, gene_column: str, storage: tuple[str, ...], verbose: bool) -> None:
+    """Summarise DATASET: genes, rows, features by family, labels, drift, memory."""
+    import dask
+
+    from metadask.dataset import build_gene_index, format_inspection, inspect_dataset, open_dataset
+
+    setup_logging(verbose)
+    ds = open_dataset(dataset, storage_options=_storage_options(storage), label_column=label_column, gene_column=gene_column)
+    with dask.config.set(scheduler="threads"):
+        info = inspect_dataset(ds, build_gene_index(ds))
+    click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
+
+
+def _cluster_options(f):
+    for opt in reversed([
+        click.option("--scheduler", default=None, help="Dask scheduler address (default: DASK_SCHEDULER_ADDRESS, else a local cluster)."),
+        click.option("--n-workers", type=int, default=None, help="Local cluster: number of workers."),
+        click.option("--threads-per-worker", type=int, default=None, help="Local cluster: threads per worker (default 1)."),
+        click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker (e.g. 4GB)."),
+        click.option("--connect-timeout", type=float, default=None, help="Seconds to wait for a remote scheduler."),
+        click.option("--storage-option", "storage", multiple=True, help="fsspec option key=value (repeatable)."),
+        click.option("-v", "--verbose", is_flag=True, help="Log detail."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.option("--dataset", required=True, help="Directory, <name>/master, glob or fsspec URL of parquet files.")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where artifacts and the model go.")
+@_cluster_options
+@click.option("--strategy", default="auto", show_default=True, help="auto|single|batch-ensemble|distributed|incremental, or a registered name.")
+@click.option("--n-folds", type=int, default=5, show_default=True)
+@click.option("--n-estimators", type=int, default=800, show_default=True)
+@click.option("--learning-rate", type=float, default=0.1, show_default=True)
+@click.option("--max-depth", type=int, default=6, show_default=True)
+@click.option("--subsample", type=float, default=0.8, show_default=True)
+@click.option("--colsample-bytree", type=float, default=0.8, show_default=True)
+@click.option("--max-bin", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--early-stopping-rounds", type=int, default=30, show_default=True, help="0 disables early stopping.")
+@click.option("--valid-size", type=float, default=0.1, show_default=True, help="Fraction of training genes held out per fold.")
+@click.option("--calibrate-per-class/--no-calibration", default=True, show_default=True)
+@click.option("--calib-method", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True)
+@click.option("--train-all-genes", is_flag=True, help="Force the batch ensemble (compatibility with the older tool).")
+@click.option("--max-genes-per-batch", type=int, default=1200, show_default=True)
+@click.option("--max-memory-gb", type=float, default=None, help="Cap on one training task's memory.")
+@click.option("--ensemble-method", type=click.Choice(["voting", "weighted"]), default="weighted", show_default=True)
+@click.option("--ensemble-cv", type=click.Choice(["leave-batch-out", "full"]), default="leave-batch-out", show_default=True)
+@click.option("--screening-sample", type=float, default=0.1, show_default=True, help="Fraction (<= 1) or count of genes for screening.")
+@click.option("--leakage-threshold", type=float, default=0.95, show_default=True)
+@click.option("--leakage-policy", type=click.Choice(["exclude", "warn"]), default="exclude", show_default=True)
+@click.option("--max-missing", type=float, default=0.5, show_default=True)
+@click.option("--exclude-features", default=None, help="FILE (one name per line) or a,b,c.")
+@click.option("--keep-features", default=None, help="a,b,c: never excluded automatically.")
+@click.option("--screening-from", default=None, type=click.Path(dir_okay=False), help="Reuse an earlier global_excluded_features.txt.")
+@click.option("--label-column", default="splice_type", show_default=True)
+@click.option("--gene-column", default="gene_id", show_default=True)
+@click.option("--metadata-columns", default=None, help="a,b,c: extra columns never used as features.")
+@click.option("--shap-sample", type=int, default=10_000, show_default=True)
+@click.option("--skip-shap", is_flag=True)
+@click.option("--skip-plots", is_flag=True)
+@click.option("--no-analysis", is_flag=True, help="Skip post-training analysis (metrics files are still written).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out-dir.")
+@click.option("--resume", is_flag=True, help="Reuse finished folds / batches of an interrupted run in --out-dir.")
+def train(**kw: Any) -> None:
+    """Train a meta-model with gene-aware cross-validation and write its artifacts."""
+    from metadask.training import train as run_train
+
+    setup_logging(kw.pop("verbose"))
+    cluster = {k: kw.pop(k) for k in ("scheduler", "n_workers", "threads_per_worker", "memory_limit", "connect_timeout")}
+    kw["storage_options"] = _storage_options(kw.pop("storage"))
+    kw["calibrate_per_class"] = kw.pop("calibrate_per_class")
+    kw["analysis"] = not kw.pop("no_analysis")
+    kw["exclude_features"] = kw.pop("exclude_features") or ()  # FILE or a,b,c: resolved by screening
+    kw["keep_features"] = _parse_list(kw.pop("keep_features"))
+    kw["metadata_columns"] = _parse_list(kw.pop("metadata_columns"))
+    if kw["screening_sample"] > 1:
+        kw["screening_sample"] = int(kw["screening_sample"])
+    dataset, out_dir = kw.pop("dataset"), kw.pop("out_dir")
+    result = run_train(dataset, out_dir, **cluster, **kw)
+    click.echo(result.headline())
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model bundle directory (O/model).")
+@click.option("--dataset", required=True, help="Parquet dataset to score.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output parquet file.")
+@click.option("--overwrite", is_flag=True)
+@_cluster_options
+def predict(model_path: str, dataset: str, out: str, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
+    """Score DATASET with a trained model; write ids, probabilities and the predicted class."""
+    from metadask.inference import predict_dataset
+
+    setup_logging(verbose)
+    n = predict_dataset(model_path, dataset, out, overwrite=overwrite, storage_options=_storage_options(storage), **cluster)
+    click.echo(f"Wrote {n:,} predictions to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

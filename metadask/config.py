@@ -1,0 +1,149 @@
+"""Every training option in one place, validated once.
+
+:class:`TrainConfig` is what ``metadask train`` and :func:`metadask.train` build from their
+arguments. Defaults for cluster-level settings live in ``metadask.yaml``, registered with
+``dask.config`` (override with ``DASK_METADASK__...`` environment variables or
+``dask.config.set({"metadask.<key>": ...})``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.config
+import yaml
+
+from metadask.errors import option_error
+
+_DEFAULTS_FILE = Path(__file__).with_name("metadask.yaml")
+with open(_DEFAULTS_FILE) as _fh:
+    dask.config.update_defaults(yaml.safe_load(_fh))
+
+StrategyName = Literal["auto", "single", "batch-ensemble", "distributed", "incremental"]
+
+
+def setting(key: str) -> Any:
+    """A ``metadask.<key>`` value from dask.config (defaults from metadask.yaml)."""
+    return dask.config.get(f"metadask.{key}")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Keyword-only; call :meth:`validate` before use."""
+
+    # data
+    label_column: str = "splice_type"
+    gene_column: str = "gene_id"
+    metadata_columns: tuple[str, ...] = ()
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    # model
+    n_folds: int = 5
+    n_estimators: int = 800
+    learning_rate: float = 0.1
+    max_depth: int = 6
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    max_bin: int = 256
+    min_child_weight: float = 1.0
+    seed: int = 42
+    early_stopping_rounds: int = 30
+    valid_size: float = 0.1
+    calibrate_per_class: bool = True
+    calib_method: Literal["platt", "isotonic"] = "platt"
+    # strategy
+    strategy: str = "auto"
+    train_all_genes: bool = False
+    max_genes_per_batch: int = 1200
+    max_memory_gb: float | None = None
+    ensemble_method: Literal["voting", "weighted"] = "weighted"
+    ensemble_cv: Literal["leave-batch-out", "full"] = "leave-batch-out"
+    # screening
+    screening_sample: float = 0.1
+    leakage_threshold: float = 0.95
+    leakage_policy: Literal["exclude", "warn"] = "exclude"
+    max_missing: float = 0.5
+    exclude_features: tuple[str, ...] = ()
+    keep_features: tuple[str, ...] = ()
+    screening_from: str | None = None
+    # analysis
+    analysis: bool = True
+    shap_sample: int = 10_000
+    skip_shap: bool = False
+    skip_plots: bool = False
+    # run
+    overwrite: bool = False
+    resume: bool = False
+    verbose: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Check every option; raise :class:`~metadask.errors.ConfigError` naming the first bad one."""
+        def need(ok: bool, name: str, constraint: str, fix: str) -> None:
+            if not ok:
+                raise option_error(name, constraint, getattr(self, name), fix)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(is_int(self.n_folds) and self.n_folds >= 2, "n_folds", "must be an integer >= 2", "Use --n-folds 2 or more (default 5).")
+        need(is_int(self.n_estimators) and self.n_estimators >= 1, "n_estimators", "must be an integer >= 1", "Use e.g. --n-estimators 800.")
+        need(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1, "learning_rate", "must be in (0, 1]", "Use e.g. --learning-rate 0.1.")
+        need(is_int(self.max_depth) and 1 <= self.max_depth <= 32, "max_depth", "must be an integer in 1..32", "Use e.g. --max-depth 6.")
+        need(isinstance(self.subsample, (int, float)) and 0 < self.subsample <= 1, "subsample", "must be in (0, 1]", "Use e.g. --subsample 0.8.")
+        need(isinstance(self.colsample_bytree, (int, float)) and 0 < self.colsample_bytree <= 1, "colsample_bytree", "must be in (0, 1]", "Use e.g. --colsample-bytree 0.8.")
+        need(is_int(self.max_bin) and 2 <= self.max_bin <= 1024, "max_bin", "must be an integer in 2..1024", "Use e.g. --max-bin 256.")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "must be a non-negative integer", "Use e.g. --seed 42.")
+        need(is_int(self.early_stopping_rounds) and self.early_stopping_rounds >= 0, "early_stopping_rounds", "must be an integer >= 0", "Use 0 to disable early stopping.")
+        need(isinstance(self.valid_size, (int, float)) and 0 < self.valid_size < 0.5, "valid_size", "must be a fraction in (0, 0.5)", "Use e.g. --valid-size 0.1.")
+        need(self.calib_method in ("platt", "isotonic"), "calib_method", "must be 'platt' or 'isotonic'", "Use --calib-method platt or isotonic.")
+        need(is_int(self.max_genes_per_batch) and self.max_genes_per_batch >= 2, "max_genes_per_batch", "must be an integer >= 2", "Use e.g. --max-genes-per-batch 1200.")
+        need(self.max_memory_gb is None or (isinstance(self.max_memory_gb, (int, float)) and self.max_memory_gb > 0), "max_memory_gb", "must be > 0", "Use e.g. --max-memory-gb 12.")
+        need(self.ensemble_method in ("voting", "weighted"), "ensemble_method", "must be 'voting' or 'weighted'", "Use --ensemble-method voting or weighted.")
+        need(self.ensemble_cv in ("leave-batch-out", "full"), "ensemble_cv", "must be 'leave-batch-out' or 'full'", "Use --ensemble-cv leave-batch-out or full.")
+        need(isinstance(self.screening_sample, (int, float)) and self.screening_sample > 0, "screening_sample", "must be a fraction in (0, 1] or a gene count", "Use e.g. --screening-sample 0.1.")
+        need(isinstance(self.leakage_threshold, (int, float)) and 0 < self.leakage_threshold <= 1, "leakage_threshold", "must be in (0, 1]", "Use e.g. --leakage-threshold 0.95.")
+        need(self.leakage_policy in ("exclude", "warn"), "leakage_policy", "must be 'exclude' or 'warn'", "Use --leakage-policy exclude or warn.")
+        need(isinstance(self.max_missing, (int, float)) and 0 <= self.max_missing <= 1, "max_missing", "must be a fraction in [0, 1]", "Use e.g. --max-missing 0.5.")
+        need(is_int(self.shap_sample) and self.shap_sample >= 10, "shap_sample", "must be an integer >= 10", "Use e.g. --shap-sample 10000.")
+        need(not (self.overwrite and self.resume), "resume", "cannot be combined with --overwrite", "Pass one of --resume and --overwrite.")
+        return self
+
+    def xgb_params(self) -> dict[str, Any]:
+        """XGBoost booster parameters for one binary (one-vs-rest) fit."""
+        return {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "learning_rate": float(self.learning_rate),
+            "max_depth": int(self.max_depth),
+            "subsample": float(self.subsample),
+            "colsample_bytree": float(self.colsample_bytree),
+            "max_bin": int(self.max_bin),
+            "min_child_weight": float(self.min_child_weight),
+            "seed": int(self.seed),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["storage_options"] = {k: ("***" if "secret" in k or "key" in k or "token" in k else v) for k, v in self.storage_options.items()}
+        return d
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TrainConfig:
+        """Build from keyword options, rejecting unknown names with the known ones listed."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise option_error(unknown[0], "is not a training option", options[unknown[0]], f"Known options: {', '.join(sorted(known))}.")
+        for key in ("metadata_columns", "exclude_features", "keep_features"):
+            if key in options and isinstance(options[key], (list, set)):
+                options[key] = tuple(options[key])
+        return cls(**options).validate()
+
+
+def env_scheduler_address() -> str | None:
+    """Scheduler address from ``DASK_SCHEDULER_ADDRESS`` or dask config ``scheduler-address``."""
+    return os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)

@@ -1,0 +1,158 @@
+"""The gene index: per gene, its row count, label counts and the files that hold it.
+
+Built in one pass that reads only the gene and label columns, one task per file on the
+workers (or local threads when no cluster is running). Cached as parquet next to the run so
+later stages and ``--resume`` reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metadask.dataset.schema import LABELS, encode_labels
+from metadask.dataset.source import Dataset
+from metadask.errors import DatasetError, preview
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+_COUNT_COLUMNS = [f"n_{name}" for name in LABELS]
+
+
+def _index_file(dataset: Dataset, file_id: int) -> pd.DataFrame:
+    file = dataset.files[file_id]
+    df = dataset.read_file(file, [dataset.gene_column, dataset.label_column])
+    genes = df[dataset.gene_column]
+    if genes.isna().any():
+        raise DatasetError(
+            f"Gene column '{dataset.gene_column}' has {int(genes.isna().sum())} null values in "
+            f"'{file}'. Every row needs a gene id."
+        )
+    try:
+        codes = encode_labels(df[dataset.label_column], dataset.label_column)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc} (in '{file}')") from None
+    onehot = np.zeros((len(df), 3), dtype=np.int64)
+    onehot[np.arange(len(df)), codes] = 1
+    counts = pd.DataFrame(onehot, columns=_COUNT_COLUMNS)
+    counts["gene"] = genes.astype(str).to_numpy()
+    out = counts.groupby("gene", sort=True).sum()
+    out["n_rows"] = out[_COUNT_COLUMNS].sum(axis=1)
+    out["file_id"] = file_id
+    return out.reset_index()
+
+
+@dataclass(frozen=True)
+class GeneIndex:
+    """Per-gene row and label counts, and which files hold each gene.
+
+    ``table`` is indexed by gene id (sorted) with columns ``n_rows``, ``n_neither``,
+    ``n_donor``, ``n_acceptor`` and ``files`` (a tuple of file positions in the dataset).
+    """
+
+    table: pd.DataFrame
+    files: tuple[str, ...]
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.table.index)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.table)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.table["n_rows"].sum())
+
+    def label_counts(self, genes: Iterable[str] | None = None) -> dict[str, int]:
+        t = self.table if genes is None else self.table.loc[list(genes)]
+        return {name: int(t[f"n_{name}"].sum()) for name in LABELS}
+
+    def rows(self, genes: Iterable[str]) -> int:
+        return int(self.table.loc[list(genes), "n_rows"].sum())
+
+    def files_for(self, genes: Iterable[str]) -> list[str]:
+        """The files holding any of ``genes``, in dataset order."""
+        ids = sorted({i for fs in self.table.loc[list(genes), "files"] for i in fs})
+        return [self.files[i] for i in ids]
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, fingerprint: Sequence | None = None) -> None:
+        t = self.table.reset_index().rename(columns={"index": "gene"})
+        t["files"] = [list(map(int, f)) for f in t["files"]]
+        table = pa.Table.from_pandas(t, preserve_index=False)
+        meta = {"metadask_index": json.dumps({"format": INDEX_FORMAT, "files": list(self.files), "fingerprint": fingerprint})}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: Sequence | None = None) -> GeneIndex | None:
+        """Load a cached index; ``None`` when absent or when the dataset changed since."""
+        if not os.path.exists(path):
+            return None
+        try:
+            table = pq.read_table(path)
+            meta = json.loads(table.schema.metadata[b"metadask_index"])
+        except (pa.ArrowInvalid, OSError, KeyError, ValueError):
+            log.warning("Ignoring unreadable gene index cache %s", path)
+            return None
+        if meta.get("format") != INDEX_FORMAT or (fingerprint is not None and meta.get("fingerprint") != list(map(list, fingerprint))):
+            return None
+        t = table.to_pandas().set_index("gene")
+        t.index = t.index.astype(object)
+        t.index.name = None
+        t["files"] = [tuple(int(i) for i in f) for f in t["files"]]
+        return cls(table=t, files=tuple(meta["files"]))
+
+
+def build_gene_index(dataset: Dataset, *, cache: str | os.PathLike | None = None) -> GeneIndex:
+    """Index every gene of ``dataset`` in one pass over the gene and label columns.
+
+    Runs one task per file on the current Dask scheduler (the distributed client when one is
+    active). With ``cache``, a matching cached index is reused and a new one saved there.
+    """
+    fingerprint = dataset.fingerprint() if cache is not None else None
+    if cache is not None:
+        cached = GeneIndex.load(cache, fingerprint)
+        if cached is not None and cached.files == dataset.files:
+            log.info("Reusing gene index %s (%d genes)", cache, cached.n_genes)
+            return cached
+    tasks = [dask.delayed(_index_file)(dataset, i, dask_key_name=f"metadask-index-{i}-{dataset.url}") for i in range(len(dataset.files))]
+    parts = dask.compute(*tasks)
+    per_file = pd.concat(parts, ignore_index=True)
+    if per_file.empty:
+        raise DatasetError(f"Dataset '{dataset.url}' has no rows. Point --dataset at a non-empty dataset.")
+    grouped = per_file.groupby("gene", sort=True)
+    table = grouped[[*_COUNT_COLUMNS, "n_rows"]].sum()
+    table["files"] = grouped["file_id"].agg(lambda s: tuple(sorted(int(i) for i in s)))
+    table = table[["n_rows", *_COUNT_COLUMNS, "files"]]
+    table.index = table.index.astype(object)
+    table.index.name = None
+    index = GeneIndex(table=table, files=dataset.files)
+    if index.n_rows != dataset.schema.n_rows:
+        raise DatasetError(
+            f"Indexed {index.n_rows} rows but the parquet footers say {dataset.schema.n_rows}. "
+            "A file changed while it was read; retry."
+        )
+    if cache is not None:
+        index.save(cache, fingerprint)
+    return index
+
+
+def check_genes(index: GeneIndex, genes: Iterable[str]) -> None:
+    missing = [g for g in genes if g not in index.table.index]
+    if missing:
+        raise DatasetError(f"Genes not in the dataset: {preview(missing)}.")

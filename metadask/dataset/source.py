@@ -1,0 +1,287 @@
+"""Open a parquet dataset (directory, ``<name>/master``, glob or fsspec URL) lazily.
+
+A :class:`Dataset` is small and picklable: it holds the file list, the filesystem and the
+schema. Workers use it to read their own rows (:meth:`Dataset.read_genes`); the client
+never needs the rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from metadask.dataset.schema import Schema, build_schema, encode_labels
+from metadask.errors import DatasetError, preview
+
+
+def _resolve_files(dataset: str | os.PathLike, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str], str]:
+    url = os.fspath(dataset)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise DatasetError(f"Cannot open dataset '{url}': {exc}. Check the URL and --storage-option values.") from exc
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def qualify(p: str) -> str:
+        return p if protocol in ("file", "local") else f"{protocol}://{p}"
+
+    try:
+        if any(ch in path for ch in "*?["):
+            files = sorted(p for p in fs.glob(path) if p.endswith(".parquet"))
+            if not files:
+                raise DatasetError(f"No parquet files match '{url}'. Check the pattern.")
+            return fs, [qualify(p) for p in files], url
+        if not fs.exists(path):
+            raise DatasetError(f"Dataset path '{url}' does not exist. Check the path (a directory, glob or URL).")
+        if fs.isfile(path):
+            if not path.endswith(".parquet"):
+                raise DatasetError(f"'{url}' is not a .parquet file or a directory of them.")
+            return fs, [qualify(path)], url
+        master = path.rstrip("/") + "/master"
+        if fs.isdir(master) and any(p.endswith(".parquet") for p in fs.find(master)):
+            path = master
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path):])
+    except DatasetError:
+        raise
+    except (OSError, PermissionError) as exc:
+        raise DatasetError(f"Cannot list dataset '{url}': {exc}. Check the path and its permissions.") from exc
+    if not files:
+        raise DatasetError(f"No parquet files in '{url}'. Point --dataset at a directory holding .parquet files.")
+    return fs, [qualify(p) for p in files], url
+
+
+def _strip(fs: Any, file: str) -> str:
+    return fs._strip_protocol(file)
+
+
+def _read_footer(fs: Any, file: str) -> tuple[str, pa.Schema, int]:
+    try:
+        with fs.open(_strip(fs, file), "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+            return file, meta.schema.to_arrow_schema(), meta.num_rows
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as exc:
+        size = fs.size(_strip(fs, file)) if fs.exists(_strip(fs, file)) else "?"
+        raise DatasetError(
+            f"'{file}' is not a readable parquet file ({size} bytes: {str(exc).splitlines()[0]}). "
+            "Remove or regenerate it."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A lazily opened gene-grouped parquet dataset. Cheap to pickle and ship to workers."""
+
+    url: str
+    fs: Any = field(repr=False)
+    schema: Schema
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.schema.files
+
+    @property
+    def gene_column(self) -> str:
+        return self.schema.gene_column
+
+    @property
+    def label_column(self) -> str:
+        return self.schema.label_column
+
+    def fingerprint(self) -> list[list[Any]]:
+        """(file, size, modification marker) per file: changes when any file changes."""
+        out = []
+        for f in self.files:
+            info = self.fs.info(_strip(self.fs, f))
+            marker = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
+            out.append([f, int(info.get("size") or 0), str(marker)])
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+    def read_file(
+        self,
+        file: str,
+        columns: Sequence[str] | None = None,
+        genes: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Read one file's rows (optionally only ``genes``), harmonised to the union schema.
+
+        k-mer columns the file lacks are filled with 0. Only the requested columns are read.
+        """
+        wanted = list(self.schema.columns) if columns is None else list(columns)
+        unknown = [c for c in wanted if c not in self.schema.columns]
+        if unknown:
+            raise DatasetError(f"Columns not in the dataset: {preview(unknown)}.")
+        drift = self.schema.drift
+        lacking = [c for c in wanted if file in drift.get(c, ())]
+        present = [c for c in wanted if c not in lacking]
+        filters = None
+        if genes is not None:
+            filters = pc.field(self.gene_column).isin(pa.array(sorted(set(genes)), pa.string()))
+            if self.gene_column not in present:
+                present.append(self.gene_column)
+        try:
+            with self.fs.open(_strip(self.fs, file), "rb") as fh:
+                table = pq.read_table(fh, columns=present, filters=filters)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DatasetError(
+                f"Cannot read '{file}': {str(exc).splitlines()[0]}. The file may be truncated or corrupt; "
+                "regenerate it."
+            ) from exc
+        df = table.to_pandas()
+        for c in lacking:
+            df[c] = np.zeros(len(df), dtype=np.float64)
+        return df[wanted] if columns is not None else df[[c for c in self.schema.columns]]
+
+    def read_genes(
+        self,
+        genes: Iterable[str],
+        columns: Sequence[str] | None = None,
+        files: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Read the rows of ``genes`` (from ``files`` if known, else from every file).
+
+        Rows come back in a canonical order: by gene id, then by their order in the files,
+        so the same genes give the same matrix on any worker.
+        """
+        genes = sorted(set(genes))
+        cols = None if columns is None else list(dict.fromkeys([self.gene_column, *columns]))
+        parts = [self.read_file(f, cols, genes=genes) for f in (self.files if files is None else files)]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return self.read_file(self.files[0], cols, genes=[])
+        df = pd.concat(parts, ignore_index=True)
+        order = np.argsort(df[self.gene_column].to_numpy(dtype=object), kind="stable")
+        df = df.iloc[order].reset_index(drop=True)
+        return df if columns is None or self.gene_column in columns else df[list(columns)]
+
+    def read_matrix(
+        self,
+        genes: Iterable[str],
+        features: Sequence[str],
+        *,
+        files: Iterable[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> tuple[np.ndarray, pd.DataFrame]:
+        """Read ``genes`` as a float32 matrix of ``features`` plus a frame of ``columns``.
+
+        Memory stays close to the float32 matrix itself: each file's rows are decoded column by
+        column straight into a preallocated array, in the canonical row order of
+        :meth:`read_genes` (by gene id, then file order). Infinite values are an error.
+        """
+        genes = sorted(set(genes))
+        files = list(self.files if files is None else files)
+        gene_filter = pc.field(self.gene_column).isin(pa.array(genes, pa.string()))
+        # pass 1: the gene column of each file, to place every row before decoding features
+        keys = [self.read_file(f, [self.gene_column], genes=genes)[self.gene_column].to_numpy(dtype=object) for f in files]
+        sizes = [len(k) for k in keys]
+        all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=object)
+        order = np.argsort(all_keys, kind="stable")
+        dest = np.empty(len(order), dtype=np.int64)
+        dest[order] = np.arange(len(order))
+        x = np.empty((len(order), len(features)), dtype=np.float32)
+        frames = []
+        start = 0
+        meta_cols = list(dict.fromkeys([self.gene_column, *columns]))
+        for f, n in zip(files, sizes):
+            if n == 0:
+                continue
+            rows = dest[start : start + n]
+            start += n
+            lacking = set(self.schema.drift) & set(features)
+            lacking = {c for c in lacking if f in self.schema.drift[c]}
+            present = [c for c in features if c not in lacking]
+            with self.fs.open(_strip(self.fs, f), "rb") as fh:
+                table = pq.read_table(fh, columns=list(dict.fromkeys(present + meta_cols)), filters=gene_filter)
+            for j, c in enumerate(features):
+                if c in lacking:
+                    x[rows, j] = 0.0
+                else:
+                    x[rows, j] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            part = table.select(meta_cols).to_pandas()
+            part.index = rows
+            frames.append(part)
+            del table
+        meta = pd.concat(frames).sort_index() if frames else self.read_file(self.files[0], meta_cols, genes=[])
+        meta = meta.reset_index(drop=True)
+        if np.isinf(x).any():
+            bad = [c for j, c in enumerate(features) if np.isinf(x[:, j]).any()]
+            raise DatasetError(
+                f"Feature columns hold infinite (or float32-overflowing) values: {preview(bad)}. "
+                "Replace them, or exclude the columns with --exclude-features."
+            )
+        return x, meta
+
+    def to_dask(self, columns: Sequence[str] | None = None):  # -> dask.dataframe.DataFrame
+        """The dataset as a lazy Dask dataframe, one partition per file, k-mers harmonised."""
+        import dask.dataframe as dd
+
+        cols = list(self.schema.columns) if columns is None else list(columns)
+        meta = self.read_file(self.files[0], cols, genes=[])
+        return dd.from_map(_ReadFile(self, cols), list(self.files), meta=meta, enforce_metadata=False)
+
+
+class _ReadFile:
+    """Picklable partition reader for :meth:`Dataset.to_dask`."""
+
+    def __init__(self, dataset: Dataset, columns: list[str]):
+        self.dataset, self.columns = dataset, columns
+
+    def __call__(self, file: str) -> pd.DataFrame:
+        return self.dataset.read_file(file, self.columns)
+
+
+def open_dataset(
+    dataset: str | os.PathLike | Dataset,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    label_column: str = "splice_type",
+    gene_column: str = "gene_id",
+    metadata_columns: Sequence[str] = (),
+) -> Dataset:
+    """Open a training dataset lazily: resolve its files and read the schema from footers.
+
+    Parameters
+    ----------
+    dataset
+        A directory (``<name>`` or ``<name>/master``), a glob, a single file or an fsspec URL
+        (``s3://bucket/prefix``, ``file://...``).
+    storage_options
+        Passed to fsspec (for example ``{"endpoint_url": ..., "anon": True}``).
+    label_column, gene_column
+        Names of the label and gene columns.
+    metadata_columns
+        Extra columns never to use as features.
+    """
+    if isinstance(dataset, Dataset):
+        return dataset
+    fs, files, url = _resolve_files(dataset, storage_options)
+    footers = [_read_footer(fs, f) for f in files]
+    schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=metadata_columns)
+    return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}))
+
+
+def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """Build the float32, C-ordered training matrix once (NaN = missing; inf is an error)."""
+    x = np.ascontiguousarray(df[list(features)].to_numpy(dtype=np.float32, na_value=np.nan))
+    if np.isinf(x).any():
+        bad = [c for c, col in zip(features, x.T) if np.isinf(col).any()]
+        raise DatasetError(
+            f"Feature columns hold infinite values: {preview(bad)}. Replace them (or exclude the "
+            "columns with --exclude-features)."
+        )
+    return x
+
+
+def label_vector(df: pd.DataFrame, label_column: str) -> np.ndarray:
+    """Label codes (0 neither, 1 donor, 2 acceptor) for the rows of ``df``."""
+    return encode_labels(df[label_column], label_column)

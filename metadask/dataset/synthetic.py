@@ -1,0 +1,615 @@
+"""Synthetic splice-site training data in the upstream layout.
+
+:func:`make_dataset` writes ``OUT/master/batch_00000.parquet ...`` (whole genes per file) and
+``OUT/master/gene_manifest.csv`` with the columns of the real datasets (ids and metadata,
+base-model scores, probability and context features, gene structure, sequence window
+features with k-mer counts, QC flags) plus two deliberately leaky columns
+(:data:`LEAKY_COLUMNS`) for screening tests.
+
+How a gene is simulated (on its transcription strand; position 0 = gene start):
+
+* exon/intron structure; donors are the last exon base (``MAG|GTRAGT`` written around them
+  with a per-site strength), acceptors the first exon base (polypyrimidine tract, ``YAG|G``);
+  background bases random with a per-gene GC content; 60 nt flanks so every window is 101 nt;
+* decoys: GT/AG motifs at neither positions, often inside (GT)n / (AG)n microsatellites
+  that k-mer counts and sequence complexity reveal; 30 % are "unannotated sites" with a
+  canonical motif and a sharp peak (irreducible false positives);
+* base-model scores: a background track (higher at every GT/AG), a sharp peak at most true
+  sites, a peak below 0.5 at ~18 % of them (false negatives; most still sharp local peaks
+  with strong motifs, so context and k-mers can rescue them, about a third scored like a
+  plain GT/AG) and broad bumps at most decoys (false positives / hard negatives). Base
+  binary F1 at 0.5 is ~0.87; a quick XGBoost meta-model on held-out genes reaches ~0.95;
+* rows: every true site, every position scoring >= 0.15, decoys, neither positions within
+  +-75 nt of sites and decoys, and some random ones (400-1,300 rows per gene).
+
+With ``n_kmer_drift`` some genes of some files (never the first) contain N bases, so those
+files carry extra ``{k}mer_...N...`` columns: deliberate schema drift across files.
+Everything is a function of ``(seed, gene index)`` (plus the file index for the N genes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metadask.errors import OutputError, option_error
+
+__all__ = ["LABELS", "LEAKY_COLUMNS", "NEAR_CONSTANT_COLUMNS", "dataset_schema", "make_dataset"]
+
+LABELS: tuple[str, ...] = ("neither", "donor", "acceptor")
+#: Numeric columns that leak the label (|Pearson| >= 0.95 with splice-vs-neither or donor).
+LEAKY_COLUMNS: tuple[str, ...] = ("is_annotated_site", "is_annotated_donor")
+#: QC flags: ``has_gene_info`` is constant (1), the other two differ in ~0.05 % of rows.
+NEAR_CONSTANT_COLUMNS: tuple[str, ...] = (
+    "has_tx_info", "has_gene_info", "missing_transcript_feats")
+
+EPS = 1e-10
+_HALF = 50  # sequence window: +-50 nt around the position
+_WIN = 2 * _HALF + 1
+_FLANK = 60  # simulated flank on each side of the gene (>= _HALF + 3)
+_ROW_GROUP_GENES = 25
+_ALPHABET = "ACGTN"
+_A, _C, _G, _T, _N = range(5)
+_FORMAT_VERSION = 1
+
+_STR, _I64, _F64 = pa.string(), pa.int64(), pa.float64()
+_META = [("gene_id", _STR), ("transcript_id", _STR), ("gene_name", _STR), ("gene_type", _STR),
+         ("chrom", _STR), ("strand", _STR), ("position", _I64), ("absolute_position", _I64),
+         ("window_start", _I64), ("window_end", _I64), ("transcript_count", _I64),
+         ("splice_type", _STR), ("pred_type", _STR), ("true_position", _I64),
+         ("predicted_position", _I64), ("score", _F64)]
+_TRACK = ["is_local_peak", "signal_strength", "peak_height_ratio", "second_derivative",
+          "context_diff_ratio", "surge_ratio", "weighted_context", "diff_m1", "diff_m2",
+          "diff_p1", "diff_p2"]
+_DOUBLES = (["donor_score", "acceptor_score", "neither_score", "splice_probability",
+             "relative_donor_probability", "probability_entropy", "splice_neither_diff",
+             "splice_neither_logodds", "donor_acceptor_diff", "donor_acceptor_logodds",
+             "score_difference_ratio", "context_score_m2", "context_score_m1", "context_score_p1",
+             "context_score_p2", "context_neighbor_mean", "context_max", "context_asymmetry"])
+_CONTEXT = ([(f"{t}_{f}", _I64 if f == "is_local_peak" else _F64)
+             for t in ("donor", "acceptor") for f in _TRACK]
+            + [(c, _F64) for c in ("donor_acceptor_peak_ratio", "signal_strength_ratio",
+                                   "type_signal_difference")])
+_STRUCTURE = [("gene_start", _I64), ("gene_end", _I64), ("gene_length", _I64), ("tx_start", _I64),
+              ("tx_end", _I64), ("transcript_length", _I64), ("num_exons", _I64),
+              ("avg_exon_length", _F64), ("median_exon_length", _F64),
+              ("total_exon_length", _I64), ("total_intron_length", _I64),
+              ("n_splice_sites", _I64), ("num_overlaps", _I64), ("distance_to_start", _I64),
+              ("distance_to_end", _I64), ("gc_content", _F64), ("sequence_length", _I64),
+              ("sequence_complexity", _F64)]
+_TAIL = [("has_tx_info", pa.int32()), ("has_gene_info", pa.int32()),
+         ("missing_transcript_feats", pa.int8())] + [(c, _F64) for c in LEAKY_COLUMNS]
+
+
+def _acgt_kmers(k: int) -> list[str]:
+    return ["".join(p) for p in product("ACGT", repeat=k)]
+
+
+def dataset_schema(kmer_sizes: Sequence[int] = (3,),
+                   n_kmers: dict[int, Sequence[str]] | None = None) -> pa.Schema:
+    """Arrow schema of one synthetic file (``n_kmers``: N-containing k-mers per k, if any)."""
+    fields = list(_META) + [(c, _F64) for c in _DOUBLES] + _CONTEXT + _STRUCTURE
+    for k in sorted(set(kmer_sizes)):
+        extra = sorted((n_kmers or {}).get(k, ()))
+        fields += [(f"{k}mer_{m}", _F64) for m in _acgt_kmers(k) + extra]
+    return pa.schema(fields + _TAIL)
+
+
+@dataclass
+class _Gene:
+    """One simulated gene: sequence (codes 0..4 with flanks), score tracks and rows."""
+
+    index: int
+    chrom: str
+    strand: str
+    gene_start: int
+    length: int
+    exon_lengths: np.ndarray
+    num_overlaps: int
+    seq: np.ndarray  # int8, length + 2 * _FLANK, gene strand
+    donor: np.ndarray  # float64 track aligned with seq
+    acceptor: np.ndarray
+    positions: np.ndarray  # int64 row positions (0-based, sorted)
+    labels: np.ndarray  # int8 0/1/2 per row
+    noise: np.ndarray  # float64 (n_rows, 3) uniforms: QC flag, two leak flips
+
+    @property
+    def gene_id(self) -> str:
+        return f"SYN{self.index + 1:06d}"
+
+
+def _pick(rng: np.random.Generator, allowed: Sequence[int], n: int) -> np.ndarray:
+    return np.asarray(allowed, dtype=np.int8)[rng.integers(len(allowed), size=n)]
+
+
+def _write_decoys(seq: np.ndarray, pos: np.ndarray, kind: np.ndarray, repeat: np.ndarray,
+                  rng: np.random.Generator) -> None:
+    """GT (donor-like) or AG (acceptor-like) decoys, most inside microsatellites."""
+    for p, t, rep, n_rep in zip(pos, kind, repeat, rng.integers(6, 15, size=len(pos))):
+        if t == 1 and rep:
+            seq[p + 1:p + 1 + 2 * n_rep] = np.tile(np.int8([_G, _T]), n_rep)
+        elif t == 1:
+            seq[p + 1:p + 3] = (_G, _T)
+            seq[p + 3] = _pick(rng, (_C, _T), 1)[0]  # not R: non-canonical
+            seq[p - 1] = _pick(rng, (_C, _T), 1)[0]
+        elif rep:
+            seq[p - 2 * n_rep:p] = np.tile(np.int8([_A, _G]), n_rep)
+        else:
+            seq[p - 16:p - 2] = _pick(rng, (_A, _G), 14)  # purine-rich: no PPT
+            seq[p - 2:p] = (_A, _G)
+
+
+def _write_sites(seq: np.ndarray, donors: np.ndarray, acceptors: np.ndarray,
+                 q_d: np.ndarray, q_a: np.ndarray, rng: np.random.Generator) -> None:
+    """Donor ``MAG|GTRAGT`` and acceptor ``(Y)n..YAG|G`` motifs with strengths ``q``."""
+    donor_motif = [(-2, (_A, _C)), (-1, (_A,)), (0, (_G,)), (3, (_A, _G)), (4, (_A,)),
+                   (5, (_G,)), (6, (_T,))]
+    for off, allowed in donor_motif:
+        use = rng.random(len(donors)) < q_d
+        seq[donors[use] + off] = _pick(rng, allowed, len(donors))[use]
+    seq[donors + 1], seq[donors + 2] = _G, _T
+    offs = np.arange(-22, -3)
+    use = rng.random((len(acceptors), len(offs))) < (0.35 + 0.6 * q_a)[:, None]
+    pyr = np.where(rng.random(use.shape) < 0.6, _T, _C).astype(np.int8)
+    idx = acceptors[:, None] + offs
+    seq[idx[use]] = pyr[use]
+    use3 = rng.random(len(acceptors)) < q_a
+    seq[acceptors[use3] - 3] = _pick(rng, (_C, _T), len(acceptors))[use3]
+    seq[acceptors - 2], seq[acceptors - 1] = _A, _G
+    use0 = rng.random(len(acceptors)) < 0.7 * q_a
+    seq[acceptors[use0]] = _G
+
+
+def _spread(breadth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Neighbour/peak ratios at offsets 1 and 2 from a breadth in [0, 1] (sharp -> broad)."""
+    n = len(breadth)
+    r1 = (0.005 + 0.8 * breadth) * rng.uniform(0.5, 1.0, n)
+    r2 = r1 * (0.05 + 0.6 * breadth) * rng.uniform(0.5, 1.0, n)
+    return np.stack([r1, r2], axis=1)
+
+
+def _simulate_gene(seed: int, index: int, with_n: bool) -> _Gene:
+    rng = np.random.default_rng([seed, index])
+    chrom = f"chr{int(rng.integers(1, 6))}"
+    strand = "+" if rng.random() < 0.5 else "-"
+    gene_start = int(rng.integers(10_000, 40_000_000))
+    num_overlaps = int(rng.choice(3, p=[0.85, 0.12, 0.03]))
+    n_rows = int(rng.integers(420, 1281))
+    n_introns = max(3, round(0.05 * n_rows * rng.uniform(0.9, 1.1)))
+    exons = (70 + rng.gamma(2.0, 45.0, n_introns + 1)).astype(np.int64)
+    introns = np.minimum(75 + rng.lognormal(np.log(150), 0.7, n_introns), 3000).astype(np.int64)
+    seg = np.empty(2 * n_introns + 1, np.int64)
+    seg[0::2], seg[1::2] = exons, introns
+    ends = np.cumsum(seg)
+    length = int(ends[-1])
+    exon_starts, exon_ends = ends[0::2] - exons, ends[0::2] - 1
+    donors, acceptors = exon_ends[:-1], exon_starts[1:]
+    sites = np.sort(np.concatenate([donors, acceptors]))
+
+    # background sequence, exons slightly GC-richer
+    gc = rng.uniform(0.35, 0.6)
+    total = length + 2 * _FLANK
+    in_exon = np.zeros(total, bool)
+    for s, e in zip(exon_starts, exon_ends):
+        in_exon[s + _FLANK:e + _FLANK + 1] = True
+    is_gc = rng.random(total) < gc + 0.05 * in_exon
+    half = rng.random(total) < 0.5
+    seq = np.where(is_gc, np.where(half, _C, _G), np.where(half, _A, _T)).astype(np.int8)
+
+    # decoys at neither positions, >= 35 nt from sites and >= 40 nt from each other
+    n_sites = len(sites)
+    cand = rng.integers(40, length - 40, size=max(1, n_sites))
+    near = np.searchsorted(sites, cand)
+    dist = np.minimum(np.abs(cand - sites[np.clip(near - 1, 0, n_sites - 1)]),
+                      np.abs(cand - sites[np.clip(near, 0, n_sites - 1)]))
+    want = int(rng.poisson(0.12 * n_sites))
+    decoys: list[int] = []
+    for c in cand[dist >= 35]:
+        if len(decoys) >= want:
+            break
+        if all(abs(int(c) - d) >= 40 for d in decoys):
+            decoys.append(int(c))
+    dpos = np.sort(np.asarray(decoys, np.int64))
+    nd = len(dpos)
+    dkind = rng.integers(1, 3, size=nd)
+    hidden = rng.random(nd) < 0.3  # unannotated sites: look like true ones
+    drepeat = (rng.random(nd) < 0.55) & ~hidden
+    dbroad = np.where(hidden, rng.beta(1.0, 6.0, nd), rng.beta(2.5, 1.5, nd))
+    dfp = rng.random(nd) < 0.5
+    dh = np.where(dfp, rng.uniform(0.5, 0.97, nd),
+                  np.exp(rng.uniform(np.log(0.03), np.log(0.5), nd)))
+    _write_decoys(seq, dpos[~hidden] + _FLANK, dkind[~hidden], drepeat[~hidden], rng)
+    hd, ha = dpos[hidden & (dkind == 1)] + _FLANK, dpos[hidden & (dkind == 2)] + _FLANK
+    _write_sites(seq, hd, ha, rng.uniform(0.4, 1.0, len(hd)), rng.uniform(0.4, 1.0, len(ha)), rng)
+
+    # true sites: ~82 % detected (score >= 0.5); missed ones have strong motifs, mostly sharp peaks
+    p_det = rng.uniform(0.76, 0.88)
+    det_d, det_a = rng.random(len(donors)) < p_det, rng.random(len(acceptors)) < p_det
+    nn = len(donors)
+    q_d = np.where(det_d, rng.uniform(0.3, 1.0, nn), rng.uniform(0.6, 1.0, nn))
+    q_a = np.where(det_a, rng.uniform(0.3, 1.0, nn), rng.uniform(0.6, 1.0, nn))
+    _write_sites(seq, donors + _FLANK, acceptors + _FLANK, q_d, q_a, rng)
+
+    if with_n:  # N runs 8-29 nt downstream of a few donors (inside the site rows' windows)
+        nrng = np.random.default_rng([seed, index, 1])
+        for d in nrng.choice(donors, size=min(nn, int(nrng.integers(1, 4))), replace=False):
+            p = int(d) + _FLANK + int(nrng.integers(8, 29))
+            seq[p:p + int(nrng.integers(1, 3))] = _N
+
+    # base-model score tracks
+    tracks = []
+    for t in (1, 2):
+        logit = -9.0 + 0.9 * rng.standard_normal(total)
+        cand_t = np.zeros(total, bool)
+        if t == 1:
+            cand_t[:-2] = (seq[1:-1] == _G) & (seq[2:] == _T)
+        else:
+            cand_t[2:] = (seq[:-2] == _A) & (seq[1:-1] == _G)
+        tracks.append(1.0 / (1.0 + np.exp(-(logit + 2.5 * cand_t))))
+    det = np.concatenate([det_d, det_a])
+    ns = len(det)
+    deep = rng.random(ns) < 0.35  # missed without a trace (scores like a plain GT/AG)
+    sh = np.where(det, 1.0 - 0.5 * rng.beta(1.0, 2.5, ns),
+                  np.exp(np.where(deep, rng.uniform(np.log(0.002), np.log(0.03), ns),
+                                  rng.uniform(np.log(0.03), np.log(0.45), ns))))
+    sbroad = np.where(det | (rng.random(ns) < 0.7), rng.beta(1.0, 6.0, ns), rng.beta(2.5, 1.5, ns))
+    ev_pos = np.concatenate([donors, acceptors, dpos]) + _FLANK
+    ev_track = np.concatenate([np.ones(len(donors), int), np.full(len(acceptors), 2), dkind]) - 1
+    ev_h = np.concatenate([sh, dh])
+    r_site, r_dec = _spread(sbroad, rng), _spread(dbroad, rng)
+    ratios = np.concatenate([r_site, r_dec])
+    side = rng.uniform(0.7, 1.0, (len(ev_pos), 4))  # asymmetry between left and right
+    cross = ev_h * rng.uniform(0.0, 0.03, len(ev_pos))
+    for t in (0, 1):
+        m = ev_track == t
+        for j, off in enumerate((-2, -1, 1, 2)):
+            spill = ev_h[m] * ratios[m, abs(off) - 1] * side[m, j]
+            np.maximum.at(tracks[t], ev_pos[m] + off, spill)
+        np.maximum.at(tracks[1 - t], ev_pos[m], cross[m])
+    for t in (0, 1):
+        m = ev_track == t
+        tracks[t][ev_pos[m]] = ev_h[m]
+    donor, acceptor = tracks
+    s = donor + acceptor
+    over = s > 0.9999
+    donor[over] *= 0.9999 / s[over]
+    acceptor[over] *= 0.9999 / s[over]
+
+    # rows: sites, decoys, every score >= 0.15, near positions (+-75 nt), some random ones
+    chosen = np.zeros(length, bool)
+    chosen[sites] = True
+    chosen[dpos] = True
+    chosen |= np.maximum(donor, acceptor)[_FLANK:_FLANK + length] >= 0.15
+    n_fill = max(0, n_rows - int(chosen.sum()))
+    n_random = round(0.12 * n_fill)
+    anchors = np.concatenate([sites, dpos])
+    pool = np.unique((anchors[:, None] + np.arange(-75, 76)).ravel())
+    pool = pool[(pool >= 0) & (pool < length)]
+    pool = pool[~chosen[pool]]
+    chosen[rng.choice(pool, size=min(len(pool), n_fill - n_random), replace=False)] = True
+    rest = np.flatnonzero(~chosen)
+    chosen[rng.choice(rest, size=min(len(rest), max(0, n_rows - int(chosen.sum()))),
+                      replace=False)] = True
+    positions = np.flatnonzero(chosen).astype(np.int64)
+    labels = np.zeros(length, np.int8)
+    labels[donors], labels[acceptors] = 1, 2
+    return _Gene(index=index, chrom=chrom, strand=strand, gene_start=gene_start, length=length,
+                 exon_lengths=exons, num_overlaps=num_overlaps, seq=seq, donor=donor,
+                 acceptor=acceptor, positions=positions, labels=labels[positions],
+                 noise=rng.random((len(positions), 3)))
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, 0.0)
+
+
+def _score_features(g: _Gene) -> dict[str, np.ndarray]:
+    """Base scores, probability family and context family (PROVENANCE.md formulas)."""
+    idx = g.positions + _FLANK
+    nb = {t: {k: tr[idx + o] for k, o in (("m2", -2), ("m1", -1), ("x", 0), ("p1", 1), ("p2", 2))}
+          for t, tr in (("donor", g.donor), ("acceptor", g.acceptor))}
+    d, a = nb["donor"]["x"], nb["acceptor"]["x"]
+    n = 1.0 - d - a
+    mx = np.maximum(d, a)
+    f: dict[str, np.ndarray] = {"score": mx, "donor_score": d, "acceptor_score": a,
+                                "neither_score": n}
+    f["splice_probability"] = (d + a) / (d + a + n + EPS)
+    f["relative_donor_probability"] = d / (d + a + EPS)
+    f["probability_entropy"] = -(d * np.log(d + EPS) + a * np.log(a + EPS) + n * np.log(n + EPS))
+    f["splice_neither_diff"] = (mx - n) / (np.maximum(mx, n) + EPS)
+    f["splice_neither_logodds"] = np.log(d + a + EPS) - np.log(n + EPS)
+    f["donor_acceptor_diff"] = (d - a) / (mx + EPS)
+    f["donor_acceptor_logodds"] = np.log(d + EPS) - np.log(a + EPS)
+    f["score_difference_ratio"] = (d - a) / (d + a + EPS)
+    ctx = {k: nb["donor"][k] + nb["acceptor"][k] for k in ("m2", "m1", "p1", "p2")}
+    for k in ("m2", "m1", "p1", "p2"):
+        f[f"context_score_{k}"] = ctx[k]
+    four = np.stack([ctx["m2"], ctx["m1"], ctx["p1"], ctx["p2"]])
+    f["context_neighbor_mean"] = four.mean(axis=0)
+    f["context_max"] = four.max(axis=0)
+    f["context_asymmetry"] = (ctx["m1"] + ctx["m2"]) - (ctx["p1"] + ctx["p2"])
+    for t in ("donor", "acceptor"):
+        v = nb[t]
+        x = v["x"]
+        four = np.stack([v["m2"], v["m1"], v["p1"], v["p2"]])
+        mean4, max4 = four.mean(axis=0), four.max(axis=0)
+        f[f"{t}_is_local_peak"] = ((x > v["m1"]) & (x > v["p1"]) & (x >= 0.001)).astype(np.int64)
+        f[f"{t}_signal_strength"] = x - mean4
+        f[f"{t}_peak_height_ratio"] = x / (mean4 + EPS)
+        f[f"{t}_second_derivative"] = 2 * x - v["m1"] - v["p1"]
+        f[f"{t}_context_diff_ratio"] = x / (max4 + EPS)
+        f[f"{t}_surge_ratio"] = x / (v["m1"] + v["p1"] + EPS)
+        f[f"{t}_weighted_context"] = (0.1 * v["m2"] + 0.2 * v["m1"] + 0.4 * x
+                                      + 0.2 * v["p1"] + 0.1 * v["p2"])
+        for k in ("m1", "m2", "p1", "p2"):
+            f[f"{t}_diff_{k}"] = x - v[k]
+    f["donor_acceptor_peak_ratio"] = (f["donor_peak_height_ratio"]
+                                      / (f["acceptor_peak_height_ratio"] + EPS))
+    f["signal_strength_ratio"] = f["donor_signal_strength"] / (f["acceptor_signal_strength"] + EPS)
+    f["type_signal_difference"] = f["donor_signal_strength"] - f["acceptor_signal_strength"]
+    return {k: (_finite(v) if v.dtype == np.float64 else v) for k, v in f.items()}
+
+
+def _kmer_codes(seq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Base-4 code of the k-mer starting at every index, and whether it contains an N."""
+    m = len(seq) - k + 1
+    s = seq.astype(np.int64)
+    code = np.zeros(m, np.int64)
+    has_n = np.zeros(m, bool)
+    for i in range(k):
+        code = code * 4 + (s[i:i + m] & 3)
+        has_n |= s[i:i + m] == _N
+    return code, has_n
+
+
+def _kmer_counts(g: _Gene, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """ACGT k-mer counts (rows x 4**k) in each row's window, and counts of N-containing k-mers."""
+    code, has_n = _kmer_codes(g.seq, k)
+    rows = len(g.positions)
+    idx = (g.positions + _FLANK - _HALF)[:, None] + np.arange(_WIN - k + 1)
+    c, hn = code[idx], has_n[idx]
+    flat = np.arange(rows)[:, None] * 4 ** k + c
+    flat[hn] = rows * 4 ** k  # N-containing k-mers go to a dump bin
+    counts = np.bincount(flat.ravel(), minlength=rows * 4 ** k + 1)[:-1].reshape(rows, 4 ** k)
+    extra: dict[str, np.ndarray] = {}
+    if hn.any():
+        r, j = np.nonzero(hn)
+        starts = idx[r, j]
+        names = ["".join(_ALPHABET[b] for b in g.seq[p:p + k]) for p in starts]
+        for name, row in zip(names, r):
+            extra.setdefault(name, np.zeros(rows))[row] += 1.0
+    return counts.astype(np.float64), extra
+
+
+def _sequence_features(g: _Gene) -> dict[str, np.ndarray]:
+    start = g.positions + _FLANK - _HALF
+    cum = np.concatenate([[0], np.cumsum((g.seq == _C) | (g.seq == _G))])
+    gc = (cum[start + _WIN] - cum[start]) / _WIN
+    code, has_n = _kmer_codes(g.seq, 2)
+    idx = start[:, None] + np.arange(_WIN - 1)
+    rows = len(start)
+    flat = np.arange(rows)[:, None] * 16 + code[idx]
+    flat[has_n[idx]] = rows * 16
+    cnt = np.bincount(flat.ravel(), minlength=rows * 16 + 1)[:-1].reshape(rows, 16).astype(float)
+    p = cnt / np.maximum(cnt.sum(axis=1, keepdims=True), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
+    return {"gc_content": gc, "sequence_length": np.full(rows, _WIN, np.int64),
+            "sequence_complexity": ent + 0.0}
+
+
+def _gene_columns(g: _Gene, kmer_sizes: Sequence[int]) -> dict[str, np.ndarray]:
+    rows = len(g.positions)
+    pos = g.positions
+    cols: dict[str, np.ndarray] = {}
+    absolute = g.gene_start + pos if g.strand == "+" else g.gene_start + g.length - 1 - pos
+    is_site = g.labels > 0
+    sc = _score_features(g)
+    own = np.where(g.labels == 1, sc["donor_score"], sc["acceptor_score"])
+    called = sc["score"] >= 0.5
+    pred = np.where(is_site, np.where(own >= 0.5, 1, 2), np.where(called, 3, 4))
+    cols.update(gene_id=np.full(rows, g.gene_id, object),
+                transcript_id=np.full(rows, f"{g.gene_id}.t1", object),
+                gene_name=np.full(rows, f"synth{g.index + 1}", object),
+                gene_type=np.full(rows, "protein_coding", object),
+                chrom=np.full(rows, g.chrom, object), strand=np.full(rows, g.strand, object),
+                position=pos, absolute_position=absolute, window_start=absolute - _HALF,
+                window_end=absolute + _HALF, transcript_count=np.ones(rows, np.int64),
+                splice_type=np.asarray(LABELS, object)[g.labels],
+                pred_type=np.asarray(["", "TP", "FN", "FP", "TN"], object)[pred],
+                true_position=np.ma.masked_array(pos, ~is_site),
+                predicted_position=np.ma.masked_array(pos, ~called))
+    cols.update(sc)
+    ex = g.exon_lengths
+    gene_end = g.gene_start + g.length - 1
+    const = {"gene_start": g.gene_start, "gene_end": gene_end, "gene_length": g.length,
+             "tx_start": g.gene_start, "tx_end": gene_end, "transcript_length": g.length,
+             "num_exons": len(ex), "avg_exon_length": float(ex.mean()),
+             "median_exon_length": float(np.median(ex)), "total_exon_length": int(ex.sum()),
+             "total_intron_length": g.length - int(ex.sum()), "n_splice_sites": 2 * (len(ex) - 1),
+             "num_overlaps": g.num_overlaps}
+    for k, v in const.items():
+        cols[k] = np.full(rows, v, np.float64 if isinstance(v, float) else np.int64)
+    cols["distance_to_start"] = pos
+    cols["distance_to_end"] = g.length - 1 - pos
+    cols.update(_sequence_features(g))
+    for k in kmer_sizes:
+        counts, extra = _kmer_counts(g, k)
+        for j, name in enumerate(_acgt_kmers(k)):
+            cols[f"{k}mer_{name}"] = counts[:, j]
+        for name, v in extra.items():
+            cols[f"{k}mer_{name}"] = v
+    missing = g.noise[:, 0] < 0.0005
+    cols["has_tx_info"] = (~missing).astype(np.int32)
+    cols["has_gene_info"] = np.ones(rows, np.int32)
+    cols["missing_transcript_feats"] = missing.astype(np.int8)
+    cols["is_annotated_site"] = (is_site ^ (g.noise[:, 1] < 0.002)).astype(np.float64)
+    cols["is_annotated_donor"] = ((g.labels == 1) ^ (g.noise[:, 2] < 0.002)).astype(np.float64)
+    return cols
+
+
+def _table(genes: list[_Gene], schema: pa.Schema, kmer_sizes: Sequence[int]) -> pa.Table:
+    per_gene = [_gene_columns(g, kmer_sizes) for g in genes]
+    arrays = []
+    for field in schema:
+        parts = [c.get(field.name) for c in per_gene]
+        if any(p is None for p in parts):  # N k-mer column absent from this gene
+            parts = [np.zeros(len(g.positions)) if p is None else p for p, g in zip(parts, genes)]
+        if isinstance(parts[0], np.ma.MaskedArray):
+            arr = np.ma.concatenate(parts)
+            arrays.append(pa.array(arr.data, type=field.type, mask=np.ma.getmaskarray(arr)))
+        else:
+            arrays.append(pa.array(np.concatenate(parts), type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _n_genes_of_file(seed: int, file_index: int, gene_ids: range, drift: bool) -> set[int]:
+    """Genes that get N bases: a few genes in about half the files after the first."""
+    if not drift or file_index == 0:
+        return set()
+    rng = np.random.default_rng([seed, 0x4E4E, file_index])
+    if file_index != 1 and rng.random() >= 0.5:
+        return set()
+    n = max(1, round(0.05 * len(gene_ids)))
+    return {int(i) for i in rng.choice(np.asarray(gene_ids), size=n, replace=False)}
+
+
+def _validate(n_genes: object, seed: object, kmer_sizes: object,
+              genes_per_file: object) -> tuple[int, ...]:
+    def is_int(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(n_genes) or n_genes < 1:  # type: ignore[operator]
+        raise option_error("n_genes", "must be an integer >= 1", n_genes,
+                           "Use --n-genes 1 or more.")
+    if not is_int(genes_per_file) or genes_per_file < 1:  # type: ignore[operator]
+        raise option_error("genes_per_file", "must be an integer >= 1", genes_per_file,
+                           "Use --genes-per-file 1 or more.")
+    if not is_int(seed) or seed < 0:  # type: ignore[operator]
+        raise option_error("seed", "must be an integer >= 0", seed, "Use --seed 0 or more.")
+    try:
+        sizes = (kmer_sizes,) if is_int(kmer_sizes) else tuple(kmer_sizes)  # type: ignore[arg-type]
+    except TypeError:
+        sizes = ()
+    if (isinstance(kmer_sizes, (str, bytes)) or not sizes
+            or not all(is_int(k) and 1 <= k <= 6 for k in sizes)):  # type: ignore[operator]
+        raise option_error("kmer_sizes", "must list k-mer sizes between 1 and 6", kmer_sizes,
+                           "Use for example --kmer 3 or --kmer 3 --kmer 5.")
+    return tuple(sorted({int(k) for k in sizes}))  # type: ignore[call-overload]
+
+
+def _prepare_output(out: pathlib.Path, overwrite: bool) -> pathlib.Path:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"The output path {out} exists and is not a directory; "
+                          "choose another path.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputError(f"The output directory {out} exists and is not empty; choose "
+                              "another path or pass overwrite=True / --overwrite to replace it.")
+        if (out / "master").exists():
+            shutil.rmtree(out / "master")
+    master = out / "master"
+    master.mkdir(parents=True, exist_ok=True)
+    return master
+
+
+def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int = 42,
+                 kmer_sizes: Sequence[int] = (3,), genes_per_file: int = 100,
+                 n_kmer_drift: bool = True, overwrite: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> pathlib.Path:
+    """Write a synthetic splice-site training dataset in the upstream layout.
+
+    Parameters
+    ----------
+    out : str or path-like
+        Output directory; the dataset goes to ``out/master``.
+    n_genes : int, default 1000
+        Number of genes (400-1,300 rows each; ~90 % neither, ~5 % donor, ~5 % acceptor).
+    seed : int, default 42
+        Seed; gene ``i`` is a function of ``(seed, i)`` only (plus its file for N bases).
+    kmer_sizes : sequence of int, default (3,)
+        K-mer sizes (1..6) whose ``{k}mer_XXX`` counts over the +-50 nt window are written.
+    genes_per_file : int, default 100
+        Whole genes per ``batch_NNNNN.parquet`` file.
+    n_kmer_drift : bool, default True
+        With two files or more, put N bases into a few genes of some files (never the first),
+        which then carry extra N-containing k-mer columns (schema drift across files).
+    overwrite : bool, default False
+        Replace ``out/master`` when ``out`` exists and is not empty (otherwise an error).
+    progress : callable, optional
+        Called as ``progress(files_done, files_total)`` after each file.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``out/master`` directory holding the parquet files and ``gene_manifest.csv``.
+
+    Raises
+    ------
+    metadask.errors.ConfigError
+        An argument is out of range.
+    metadask.errors.OutputError
+        ``out`` exists and is not empty and ``overwrite`` is false, or is not a directory.
+
+    Notes
+    -----
+    Files are written atomically (temporary name in the same directory, then rename) with
+    pyarrow (snappy, row groups of 25 genes); memory is bounded by one file's genes. The
+    same arguments give byte-identical files. Deliberately leaky columns are listed in
+    :data:`LEAKY_COLUMNS`, QC flags in :data:`NEAR_CONSTANT_COLUMNS`.
+
+    Examples
+    --------
+    >>> master = make_dataset("/tmp/synth", n_genes=20, genes_per_file=10)  # doctest: +SKIP
+    """
+    ks = _validate(n_genes, seed, kmer_sizes, genes_per_file)
+    master = _prepare_output(pathlib.Path(out), overwrite)
+    n_files = -(-n_genes // genes_per_file)
+    drift = bool(n_kmer_drift) and n_files >= 2
+    meta = {b"metadask.synthetic": json.dumps(
+        {"format_version": _FORMAT_VERSION, "seed": seed, "n_genes": n_genes,
+         "kmer_sizes": list(ks), "genes_per_file": genes_per_file,
+         "n_kmer_drift": bool(n_kmer_drift)}, sort_keys=True).encode()}
+    manifest: list[tuple[str, str, str, int, int, int]] = []
+    for fi in range(n_files):
+        ids = range(fi * genes_per_file, min(n_genes, (fi + 1) * genes_per_file))
+        with_n = _n_genes_of_file(seed, fi, ids, drift)
+        genes = [_simulate_gene(seed, i, i in with_n) for i in ids]
+        n_kmers: dict[int, set[str]] = {k: set() for k in ks}
+        for g in genes:
+            if g.index in with_n:
+                for k in ks:
+                    n_kmers[k].update(_kmer_counts(g, k)[1])
+        schema = dataset_schema(ks, {k: sorted(v) for k, v in n_kmers.items()}).with_metadata(meta)
+        name = f"batch_{fi:05d}.parquet"
+        tmp = master / f".{name}.tmp"
+        try:
+            with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+                for start in range(0, len(genes), _ROW_GROUP_GENES):
+                    writer.write_table(_table(genes[start:start + _ROW_GROUP_GENES], schema, ks))
+            os.replace(tmp, master / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for g in genes:
+            manifest.append((g.gene_id, f"synth{g.index + 1}", name, len(g.positions),
+                             int((g.labels == 1).sum()), int((g.labels == 2).sum())))
+        del genes
+        if progress is not None:
+            progress(fi + 1, n_files)
+    tmp = master / ".gene_manifest.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["gene_id", "gene_name", "file", "n_rows", "n_donor", "n_acceptor"])
+        w.writerows(manifest)
+    os.replace(tmp, master / "gene_manifest.csv")
+    return master

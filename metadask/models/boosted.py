@@ -1,0 +1,133 @@
+"""Three one-vs-rest XGBoost boosters (neither, donor, acceptor) as one model, and the fit.
+
+Boosters are saved in XGBoost's UBJSON format; nothing else is needed to rebuild them.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from metadask.dataset.schema import LABELS
+from metadask.models.base import MetaModel
+from metadask.models.calibration import Calibrator
+
+
+def booster_from_bytes(raw: bytes | bytearray) -> xgb.Booster:
+    b = xgb.Booster()
+    b.load_model(bytearray(raw))
+    return b
+
+
+def booster_to_bytes(b: xgb.Booster) -> bytes:
+    return bytes(b.save_raw(raw_format="ubj"))
+
+
+@dataclass
+class FitOutput:
+    """What one binary fit returns to the client: small and pickle-free in content."""
+
+    booster: bytes
+    best_iteration: int
+    n_trees: int
+    seconds: float
+    rows: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    """Per-round logloss: ``train`` (a held-in sample) and ``valid`` (held-out genes)."""
+    nthread: int = 1
+    peak_rss: int = 0
+
+
+def fit_binary(
+    x: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any],
+    n_estimators: int,
+    *,
+    x_valid: np.ndarray | None = None,
+    y_valid: np.ndarray | None = None,
+    x_train_eval: np.ndarray | None = None,
+    y_train_eval: np.ndarray | None = None,
+    early_stopping_rounds: int = 0,
+    nthread: int = 1,
+    feature_names: Sequence[str] | None = None,
+) -> FitOutput:
+    """One binary XGBoost fit on a QuantileDMatrix, with optional early stopping.
+
+    The booster is trimmed to its best iteration when early stopping is on. Evaluation uses a
+    small held-in sample (``train``) and held-out genes (``valid``), never the training matrix.
+    """
+    t0 = time.perf_counter()
+    p = {**params, "nthread": int(nthread)}
+    dtrain = xgb.QuantileDMatrix(x, label=y, max_bin=p.get("max_bin", 256), nthread=nthread)
+    evals = []
+    if x_train_eval is not None and len(x_train_eval):
+        evals.append((xgb.QuantileDMatrix(x_train_eval, label=y_train_eval, ref=dtrain, max_bin=p.get("max_bin", 256), nthread=nthread), "train"))
+    if x_valid is not None and len(x_valid):
+        evals.append((xgb.QuantileDMatrix(x_valid, label=y_valid, ref=dtrain, max_bin=p.get("max_bin", 256), nthread=nthread), "valid"))
+    history: dict[str, dict[str, list[float]]] = {}
+    use_es = early_stopping_rounds > 0 and any(n == "valid" for _, n in evals)
+    booster = xgb.train(
+        p,
+        dtrain,
+        num_boost_round=int(n_estimators),
+        evals=evals,
+        evals_result=history,
+        early_stopping_rounds=early_stopping_rounds if use_es else None,
+        verbose_eval=False,
+    )
+    best = int(booster.best_iteration) if use_es else int(n_estimators) - 1
+    if use_es and best + 1 < booster.num_boosted_rounds():
+        booster = booster[: best + 1]
+    raw = booster_to_bytes(booster)
+    rows = int(len(y))
+    del booster, dtrain, evals
+    gc.collect()  # DMatrix inputs can sit in reference cycles until a collection runs
+    return FitOutput(
+        booster=raw,
+        best_iteration=best,
+        n_trees=best + 1,
+        seconds=time.perf_counter() - t0,
+        rows=rows,
+        history={name: list(map(float, h.get("logloss", []))) for name, h in history.items()},
+        nthread=int(nthread),
+    )
+
+
+class BoosterModel(MetaModel):
+    """Three binary boosters, one per class; margins are each booster's raw output."""
+
+    kind = "single"
+
+    def __init__(self, boosters: Sequence[xgb.Booster], features: Sequence[str], calibrators: Sequence[Calibrator] | None = None):
+        super().__init__(features, calibrators)
+        if len(boosters) != len(LABELS):
+            raise ValueError("BoosterModel needs one booster per class")
+        self.boosters = list(boosters)
+
+    def predict_margin(self, x: np.ndarray) -> np.ndarray:
+        return booster_margins(self.boosters, x)
+
+    def describe(self) -> str:
+        trees = ", ".join(f"{c} {b.num_boosted_rounds()}" for c, b in zip(LABELS, self.boosters))
+        return f"{self.kind} model: 3 one-vs-rest boosters (trees: {trees}), {len(self.features)} features"
+
+    def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        files = {f"boosters/{c}.ubj": booster_to_bytes(b) for c, b in zip(LABELS, self.boosters)}
+        return files, {"boosters": [f"boosters/{c}.ubj" for c in LABELS]}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes], settings: dict[str, Any], features: Sequence[str]) -> BoosterModel:
+        return cls([booster_from_bytes(files[name]) for name in settings["boosters"]], features)
+
+
+def booster_margins(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """Margins of one booster per class for matrix ``x`` (n x len(boosters))."""
+    dm = xgb.DMatrix(x, nthread=nthread or -1)
+    return np.column_stack([b.predict(dm, output_margin=True) for b in boosters]).astype(np.float64)
