@@ -117,3 +117,78 @@ def plan_folds(index: GeneIndex, folds: pd.Series, *, valid_size: float, seed: i
         train_eval = eval_sample(fit, max(1, len(valid)), seed + f)
         plans.append(FoldPlan(f, tuple(test), tuple(fit), tuple(valid), tuple(train_eval)))
     return plans
+
+
+# -- memory model and strategy choice ----------------------------------------------------
+
+BYTES_PER_VALUE = 4 + 1
+"""float32 matrix + XGBoost's quantised (uint8 bin) copy, per feature value."""
+BYTES_PER_ROW = 96
+"""Gradients, labels, predictions and row partitions per row, across a fit."""
+TASK_BASE_BYTES = 150 * 2**20
+"""Libraries and interpreter of a worker running a fit."""
+
+
+def task_peak_bytes(rows: int, n_features: int) -> int:
+    """Estimated peak memory of one fit task on ``rows`` rows (see docs/strategies.md)."""
+    return int(rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW) + TASK_BASE_BYTES)
+
+
+def rows_within(budget: int, n_features: int) -> int:
+    """Most rows one fit task can take within ``budget`` bytes."""
+    return max(0, int((budget - TASK_BASE_BYTES) // (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)))
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    name: str
+    reason: str
+    task_budget: int
+    peak_estimate: int
+    genes_per_batch: int | None = None
+
+
+def choose_strategy(
+    requested: str,
+    *,
+    index: GeneIndex,
+    n_features: int,
+    worker_memory: int,
+    memory_fraction: float,
+    max_memory_gb: float | None = None,
+    max_genes_per_batch: int = 1200,
+    train_all_genes: bool = False,
+) -> StrategyChoice:
+    """Pick the strategy, and say why, from the memory a fit needs and a worker offers.
+
+    ``auto`` chooses ``single`` when one fit on every row fits in ``memory_fraction`` of the
+    smallest worker (capped by ``max_memory_gb``), otherwise ``batch-ensemble`` with batches
+    as large as that budget allows (at most ``max_genes_per_batch`` genes).
+    """
+    from metadask.dataset.memory import format_bytes
+
+    budget = int(worker_memory * memory_fraction)
+    if max_memory_gb is not None:
+        budget = min(budget, int(max_memory_gb * 2**30))
+    peak = task_peak_bytes(index.n_rows, n_features)
+    mean_rows = max(1.0, index.n_rows / max(1, index.n_genes))
+    by_memory = max(2, int(rows_within(budget, n_features) // mean_rows))
+    genes_per_batch = max(2, min(max_genes_per_batch, by_memory, index.n_genes))
+    if train_all_genes:
+        return StrategyChoice("batch-ensemble", f"forced by --train-all-genes; {genes_per_batch} genes/batch", budget, peak, genes_per_batch)
+    if requested != "auto":
+        return StrategyChoice(requested, f"requested with --strategy {requested}", budget, peak,
+                              genes_per_batch if requested == "batch-ensemble" else None)
+    if peak <= budget:
+        return StrategyChoice(
+            "single",
+            f"one fit on all {index.n_rows:,} rows needs ~{format_bytes(peak)}, within the {format_bytes(budget)} "
+            f"task budget of the smallest worker",
+            budget, peak,
+        )
+    return StrategyChoice(
+        "batch-ensemble",
+        f"one fit on all {index.n_rows:,} rows needs ~{format_bytes(peak)}, more than the {format_bytes(budget)} "
+        f"task budget of the smallest worker; batches of {genes_per_batch} genes fit",
+        budget, peak, genes_per_batch,
+    )

@@ -94,6 +94,7 @@ class GeneIndex:
         table = pa.Table.from_pandas(t, preserve_index=False)
         meta = {"metadask_index": json.dumps({"format": INDEX_FORMAT, "files": list(self.files), "fingerprint": fingerprint})}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
         pq.write_table(table, tmp)
         os.replace(tmp, path)

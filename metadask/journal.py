@@ -1,0 +1,68 @@
+"""A journal of finished fits in the output directory, so ``--resume`` can reuse them.
+
+Each finished fit is stored as ``journal/<key>.ubj`` (the booster) and ``journal/<key>.json``
+(its numbers, the SHA-256 of the booster file and a digest of everything that determined the
+fit: genes, features, parameters, dataset fingerprint). An entry is reused only when the
+digest matches and the booster's checksum verifies. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from metadask.models.boosted import FitOutput
+
+log = logging.getLogger(__name__)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    """Finished fits of one run, keyed by fit key."""
+
+    def __init__(self, root: str | os.PathLike, enabled_for_reuse: bool):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.reuse = enabled_for_reuse
+        self.reused: list[str] = []
+
+    def get(self, key: str, spec_digest: str) -> FitOutput | None:
+        if not self.reuse:
+            return None
+        meta_path, ubj_path = self.root / f"{key}.json", self.root / f"{key}.ubj"
+        if not (meta_path.is_file() and ubj_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            raw = ubj_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if meta.get("spec") != spec_digest or hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            log.info("Journal entry %s does not match this run; refitting it", key)
+            return None
+        fields = meta["fit"]
+        self.reused.append(key)
+        return FitOutput(booster=raw, **fields)
+
+    def put(self, key: str, spec_digest: str, out: FitOutput) -> None:
+        fields = {k: v for k, v in asdict(out).items() if k != "booster"}
+        atomic_write_bytes(self.root / f"{key}.ubj", out.booster)
+        meta = {"spec": spec_digest, "sha256": hashlib.sha256(out.booster).hexdigest(), "fit": fields}
+        atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta).encode())

@@ -1,0 +1,344 @@
+"""Screening rules: pure functions on column values, label codes and a pandas sample.
+
+The per-column statistics (:func:`column_stats`) are computed the same way whether the
+column comes from a pandas sample (:func:`stats_frame`, :func:`screen_sample`) or from the
+column blocks that :mod:`metadask.screening.screen` reads on the workers. :func:`decide` turns
+a table of statistics into decisions (used / excluded / warned) with one reason per feature.
+
+Rules, in the order a feature is checked (the first that applies gives its reason):
+
+1. user exclusion (``--exclude-features``);
+2. all null;
+3. infinite values (the models cannot train on them);
+4. too many missing values (missing rate > ``--max-missing``);
+5. constant, or near-constant (one value in >= 99.9 % of the non-missing rows);
+6. exact duplicate of an earlier column (the first in schema order is kept; a protected
+   member of a duplicate group is preferred);
+7. leakage: |Pearson| or |Spearman| correlation >= ``--leakage-threshold`` with
+   splice-vs-neither or with any class indicator (one-vs-rest).
+
+Protected columns (base-model scores and ``--keep-features``) are never excluded: a rule
+that would exclude one makes it "warned" instead. Under ``--leakage-policy warn`` leaky
+features are kept and warned about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+NEAR_CONSTANT_SHARE = 0.999
+"""A column whose most frequent value fills at least this share of its rows is near-constant."""
+
+LEAKY_METADATA_REASON = "leaky metadata (always excluded)"
+USER_REASON = "user exclusion"
+
+TARGET_NAMES: tuple[str, ...] = ("splice-vs-neither", "donor", "acceptor", "neither")
+"""Leakage targets: splice site (donor or acceptor) vs neither, then each class vs the rest."""
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    "feature", "pearson", "spearman", "target", "missing_rate", "distinct_ratio",
+    "top_value_share", "n_distinct", "n_infinite", "decision", "reason",
+)
+"""Columns of ``screening/feature_screening.csv``."""
+
+_STAT_COLUMNS = ("pearson", "spearman", "target", "missing_rate", "distinct_ratio",
+                 "top_value_share", "n_distinct", "n_infinite", "rows", "digest")
+
+# integer-valued columns whose range is below this are counted with bincount (O(n)), not a sort
+_BINCOUNT_RANGE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    """Screening statistics of one column on the sample."""
+
+    rows: int
+    missing_rate: float
+    n_infinite: int
+    n_distinct: int
+    distinct_ratio: float
+    top_value_share: float
+    pearson: float
+    """Signed correlation of largest magnitude over :data:`TARGET_NAMES` (NaN if undefined)."""
+    spearman: float
+    target: str
+    """The target of the largest |Pearson| or |Spearman| correlation ('' if none)."""
+    digest: str
+    """Hash of the exact values (NaN-aware): equal digests mean duplicate columns."""
+
+
+def to_float64(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Column values as float64 with NaN for missing (nullable, boolean and null types too)."""
+    if isinstance(values, pd.Series):
+        if values.dtype == object:
+            values = pd.to_numeric(values, errors="coerce")
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+def canonical(values: np.ndarray) -> np.ndarray:
+    """float64 values with one NaN bit pattern and -0.0 folded into 0.0 (for hashing)."""
+    v = np.asarray(values, dtype=np.float64) + 0.0
+    v[np.isnan(v)] = np.nan
+    return v
+
+
+def new_digest() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=16)
+
+
+def column_digest(values: np.ndarray) -> str:
+    """Digest of a whole column (same as feeding :func:`canonical` chunks to :func:`new_digest`)."""
+    h = new_digest()
+    h.update(canonical(values).tobytes())
+    return h.hexdigest()
+
+
+def leakage_targets(codes: np.ndarray) -> np.ndarray:
+    """Indicator matrix (rows x :data:`TARGET_NAMES`) as float64, from label codes 0/1/2."""
+    codes = np.asarray(codes)
+    return np.column_stack([codes > 0, codes == 1, codes == 2, codes == 0]).astype(np.float64)
+
+
+def _value_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inverse, counts) of the distinct values of ``x`` (finite, non-empty), sorted by value."""
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo < _BINCOUNT_RANGE and np.array_equal(x, np.floor(x)):
+        # k-mer counts and flags: small non-negative integers after shifting; no sort needed
+        shifted = (x - lo).astype(np.int64)
+        full = np.bincount(shifted)
+        present = np.flatnonzero(full)
+        lookup = np.empty(len(full), dtype=np.int64)
+        lookup[present] = np.arange(len(present))
+        return lookup[shifted], full[present]
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return inverse.reshape(-1), counts
+
+
+def _correlations(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``v`` with each column of ``t`` (NaN where undefined)."""
+    n = len(v)
+    vc = v - v.mean()
+    svv = float(vc @ vc)
+    p = t.mean(axis=0)
+    stt = n * p * (1.0 - p)
+    svt = vc @ t  # sum(vc) == 0, so this is the co-moment with the centred targets
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = svt / np.sqrt(svv * stt)
+    r[(stt <= 0) | (svv <= 0)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _largest(r: np.ndarray) -> tuple[float, int]:
+    if np.all(np.isnan(r)):
+        return float("nan"), -1
+    i = int(np.nanargmax(np.abs(r)))
+    return float(r[i]), i
+
+
+def column_stats(values: np.ndarray, targets: np.ndarray, digest: str | None = None) -> ColumnStats:
+    """Statistics of one column (any float dtype, NaN = missing) against the leakage targets.
+
+    Correlations use the rows where the column is finite. Spearman's correlation with a binary
+    target is Pearson's correlation of the column's average ranks with the target (the
+    target's own ranks are an affine function of it), so only the column is ranked.
+    """
+    x = np.asarray(values)
+    n = len(x)
+    finite = np.isfinite(x)
+    missing = np.isnan(x)
+    n_missing = int(missing.sum())
+    n_inf = int(n - n_missing - finite.sum())
+    if digest is None:
+        digest = column_digest(x)
+    nan = float("nan")
+    if n == 0 or n_missing == n:
+        return ColumnStats(n, 1.0 if n else nan, n_inf, 0, nan, nan, nan, nan, "", digest)
+    observed = x[~missing]
+    _, counts_all = np.unique(observed, return_counts=True) if n_inf else (None, None)
+    v = x[finite].astype(np.float64) if not finite.all() else x.astype(np.float64)
+    t = targets[finite] if not finite.all() else targets
+    if len(v) == 0:  # only infinities
+        top = float(counts_all.max() / len(observed))
+        return ColumnStats(n, n_missing / n, n_inf, len(counts_all), len(counts_all) / len(observed), top, nan, nan, "", digest)
+    inverse, counts = _value_counts(v)
+    if n_inf:
+        n_distinct, top = len(counts_all), float(counts_all.max() / len(observed))
+    else:
+        n_distinct, top = len(counts), float(counts.max() / len(v))
+    pearson, ip = _largest(_correlations(v, t))
+    if len(counts) > 1:
+        avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
+        spearman, is_ = _largest(_correlations(avg_rank[inverse], t))
+    else:
+        spearman, is_ = nan, -1
+    best = max(((abs(pearson), ip), (abs(spearman), is_)), key=lambda a: -1 if np.isnan(a[0]) else a[0])
+    target = TARGET_NAMES[best[1]] if best[1] >= 0 else ""
+    return ColumnStats(n, n_missing / n, n_inf, n_distinct, n_distinct / len(observed), top,
+                       pearson, spearman, target, digest)
+
+
+def stats_frame(sample: pd.DataFrame, features: Sequence[str], label_column: str) -> pd.DataFrame:
+    """Statistics of ``features`` on a pandas ``sample`` (one row per feature, in order).
+
+    Values are screened as the models see them: float32 (missing as NaN); duplicate digests
+    use the exact values as stored.
+    """
+    from metadask.dataset.schema import encode_labels
+
+    targets = leakage_targets(encode_labels(sample[label_column], label_column))
+    rows = []
+    for name in features:
+        raw = to_float64(sample[name])
+        digest = column_digest(raw)
+        with np.errstate(over="ignore"):
+            st = column_stats(raw.astype(np.float32), targets, digest)
+        rows.append({"feature": name, **{k: getattr(st, k) for k in _STAT_COLUMNS}})
+    return pd.DataFrame(rows, columns=["feature", *_STAT_COLUMNS])
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Outcome of :func:`decide`."""
+
+    features: list[str]
+    excluded: dict[str, str]
+    warnings: list[str]
+    table: pd.DataFrame
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.4g} %"
+
+
+def rule_reason(st: Mapping[str, object], *, leakage_threshold: float, max_missing: float) -> tuple[str, str] | None:
+    """(rule, reason) of the first automatic rule that excludes a column, or ``None``.
+
+    ``rule`` is one of ``all-null``, ``infinite``, ``missing``, ``constant``, ``leakage``
+    (duplicates depend on other columns and are handled by :func:`decide`).
+    """
+    missing = float(st["missing_rate"])  # type: ignore[arg-type]
+    if missing >= 1.0:
+        return "all-null", "all null"
+    if int(st["n_infinite"]) > 0:  # type: ignore[call-overload]
+        return "infinite", f"infinite values: {int(st['n_infinite'])} rows of the sample"  # type: ignore[call-overload]
+    if missing > max_missing:
+        return "missing", f"too many missing values: {_pct(missing)} > {_pct(max_missing)}"
+    top = float(st["top_value_share"])  # type: ignore[arg-type]
+    if int(st["n_distinct"]) <= 1:  # type: ignore[call-overload]
+        return "constant", "constant: one value in every non-missing row"
+    if top >= NEAR_CONSTANT_SHARE:
+        return "constant", f"near-constant: one value in {100 * top:.3f} % of rows (>= {_pct(NEAR_CONSTANT_SHARE)})"
+    return _leak(st, leakage_threshold)
+
+
+def _leak(st: Mapping[str, object], threshold: float) -> tuple[str, str] | None:
+    pear, spear = float(st["pearson"]), float(st["spearman"])  # type: ignore[arg-type]
+    hits = [(abs(v), name) for v, name in ((pear, "pearson"), (spear, "spearman")) if not np.isnan(v) and abs(v) >= threshold]
+    if not hits:
+        return None
+    value, kind = max(hits)
+    return "leakage", f"leakage: |{kind}| {value:.3f} with {st['target']} >= {threshold:g}"
+
+
+def decide(
+    stats: pd.DataFrame,
+    *,
+    protected: Iterable[str] = (),
+    protected_why: Mapping[str, str] | None = None,
+    user_excluded: Iterable[str] = (),
+    leakage_threshold: float = 0.95,
+    leakage_policy: str = "exclude",
+    max_missing: float = 0.5,
+) -> Decisions:
+    """Decide, per feature of ``stats`` (rows in schema order), whether it is used.
+
+    Parameters
+    ----------
+    stats
+        One row per feature with ``feature`` and the statistics of :func:`column_stats`.
+    protected
+        Columns never excluded automatically (base scores, ``--keep-features``); a rule or a
+        user exclusion that hits one makes it "warned".
+    protected_why
+        Optional feature -> why it is protected, for the warning text.
+    user_excluded
+        Feature names the user excluded (already resolved to features of ``stats``).
+    """
+    protected = set(protected)
+    why = dict(protected_why or {})
+    user = set(user_excluded)
+    table = stats.reset_index(drop=True).copy()
+    names = list(table["feature"])
+    # duplicate groups: representative = first protected member, else the first one
+    rep_of: dict[str, str] = {}
+    if "digest" in table:
+        for _, group in table.groupby("digest", sort=False):
+            members = list(group["feature"])
+            if len(members) < 2:
+                continue
+            rep = next((m for m in members if m in protected), members[0])
+            for m in members:
+                if m != rep:
+                    rep_of[m] = rep
+    features: list[str] = []
+    excluded: dict[str, str] = {}
+    warnings: list[str] = []
+    decisions, reasons = [], []
+    for i, name in enumerate(names):
+        st = table.iloc[i]
+        if name in user:
+            rule, reason = "user", USER_REASON
+        else:
+            hit = rule_reason(st, leakage_threshold=leakage_threshold, max_missing=max_missing)
+            if hit is not None and hit[0] != "leakage":
+                rule, reason = hit
+            elif name in rep_of:
+                rule, reason = "duplicate", f"duplicate of {rep_of[name]}"
+            elif hit is not None:
+                rule, reason = hit
+            else:
+                rule, reason = "", ""
+        if not rule:
+            decision = "used"
+        elif name in protected:
+            decision = "warned"
+            warnings.append(f"{name} would be excluded ({reason}) but is protected ({why.get(name, 'protected')}); kept")
+            reason = f"{reason} (kept: {why.get(name, 'protected')})"
+        elif rule == "leakage" and leakage_policy == "warn":
+            decision = "warned"
+            warnings.append(f"{name} looks leaky ({reason}); kept because of --leakage-policy warn")
+            reason = f"{reason} (kept: --leakage-policy warn)"
+        else:
+            decision = "excluded"
+            excluded[name] = reason
+        if decision != "excluded":
+            features.append(name)
+        decisions.append(decision)
+        reasons.append(reason)
+    table["decision"] = decisions
+    table["reason"] = reasons
+    return Decisions(features, excluded, warnings, table)
+
+
+def screen_sample(
+    sample: pd.DataFrame,
+    features: Sequence[str],
+    label_column: str = "splice_type",
+    **options: object,
+) -> Decisions:
+    """Screen ``features`` of a pandas ``sample`` (convenience: :func:`stats_frame` + :func:`decide`)."""
+    return decide(stats_frame(sample, features, label_column), **options)  # type: ignore[arg-type]
+
+
+def reason_category(reason: str) -> str:
+    """The rule a reason belongs to ("leakage", "duplicate", "near-constant", ...), for summaries."""
+    if reason.startswith("duplicate of"):
+        return "duplicate"
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()

@@ -1,0 +1,133 @@
+"""The strategy interface and the context every strategy receives.
+
+A strategy turns a :class:`TrainContext` (dataset, gene index, features, folds, cluster
+client, options) into a :class:`~metadask.results.TrainingResult`: out-of-fold margins for
+every row plus a final local model. Calibration, metrics and artifacts are done by
+:func:`metadask.training.train` from that result alone, identically for every strategy.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from metadask.cluster import ClusterSpec
+from metadask.config import TrainConfig
+from metadask.dataset.index import GeneIndex
+from metadask.dataset.schema import LABELS
+from metadask.dataset.source import Dataset
+from metadask.journal import Journal, digest
+from metadask.models.boosted import FitOutput
+from metadask.plan import FoldPlan
+from metadask.results import TrainingResult
+from metadask.strategies.tasks import FitSpec, GeneSet, run_fit
+
+log = logging.getLogger("metadask")
+
+
+@dataclass
+class TrainContext:
+    """Everything a strategy needs; built once by :func:`metadask.training.train`."""
+
+    client: Any
+    dataset: Dataset
+    index: GeneIndex
+    config: TrainConfig
+    features: list[str]
+    excluded: dict[str, str]
+    folds: pd.Series
+    fold_plans: list[FoldPlan]
+    cluster: ClusterSpec
+    journal: Journal | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def gene_set(self, genes: Sequence[str]) -> GeneSet:
+        genes = tuple(sorted(genes))
+        return GeneSet(genes, tuple(self.index.files_for(genes)) if genes else ())
+
+    def spec_digest(self, spec: FitSpec, extra: Any = None) -> str:
+        return digest({"spec": spec.describe(), "features": self.features, "data": self.dataset.url,
+                       "rows": self.index.n_rows, "extra": extra})
+
+    def submit_fit(self, spec: FitSpec, cv: Sequence[Any] | None = None, *, priority: int = 0) -> Any:
+        """A future (or a journaled result) for one fit. ``cv``: futures of CV fits to size it."""
+        key_digest = self.spec_digest(spec, extra=None if cv is None else "final")
+        if self.journal is not None:
+            done = self.journal.get(spec.key, key_digest)
+            if done is not None:
+                return done
+        return self.client.submit(
+            run_fit, self.dataset, self.features, spec, cv,
+            key=f"metadask-fit-{spec.key}-{key_digest[:12]}", priority=priority, pure=False, retries=2,
+        )
+
+    def collect(self, items: dict[str, tuple[FitSpec, Any]], what: str, on_done: Callable[[str, FitOutput], None] | None = None) -> dict[str, FitOutput]:
+        """Wait for fits, logging a line per finished fit and journaling each as it lands."""
+        from distributed import Future, as_completed
+
+        results: dict[str, FitOutput] = {}
+        futures = {}
+        for key, (spec, item) in items.items():
+            if isinstance(item, Future):
+                futures[item] = key
+            else:
+                results[key] = item
+                log.info("%s %s: reused from the journal (%d trees)", what, key, item.n_trees)
+        total, t0 = len(items), time.perf_counter()
+        for fut in as_completed(list(futures)):
+            key = futures[fut]
+            out = fut.result()
+            spec = items[key][0]
+            results[key] = out
+            if self.journal is not None:
+                self.journal.put(key, self.spec_digest(spec, extra="final" if spec.scope == "final" else None), out)
+            if on_done:
+                on_done(key, out)
+            log.info(
+                "[%d/%d] %s %s (%s): %d trees, %s rows, %.1f s (elapsed %.0f s)",
+                len(results), total, what, key, LABELS[spec.cls], out.n_trees, f"{out.rows:,}", out.seconds,
+                time.perf_counter() - t0,
+            )
+        return results
+
+
+def fits_frame(specs: Sequence[FitSpec], outputs: dict[str, FitOutput]) -> pd.DataFrame:
+    """One row per fit, for :attr:`TrainingResult.fits`."""
+    rows = []
+    for s in specs:
+        o = outputs[s.key]
+        rows.append({
+            "key": s.key, "scope": s.scope, "fold": s.fold, "batch": s.batch, "cls": LABELS[s.cls],
+            "best_iteration": o.best_iteration, "n_trees": o.n_trees, "rows": o.rows,
+            "seconds": round(o.seconds, 3), "nthread": o.nthread, "peak_rss": o.peak_rss,
+        })
+    return pd.DataFrame(rows)
+
+
+class Strategy(abc.ABC):
+    """A way of training: subclass, set ``name``, implement :meth:`fit`, then register it."""
+
+    name: ClassVar[str] = "abstract"
+    label: ClassVar[str] = "Abstract strategy"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    @abc.abstractmethod
+    def fit(self, ctx: TrainContext) -> TrainingResult:
+        """Train on ``ctx`` and return out-of-fold margins for every row plus a final model.
+
+        ``result.oof`` must hold ``gene``, ``position``, ``label``, the base scores,
+        ``margin_{neither,donor,acceptor}`` and ``fold`` for every row of the dataset, each
+        predicted by models that never saw the row's gene.
+        """
+
+    def describe(self, ctx: TrainContext) -> str:
+        """The summary's "Training Strategy" line."""
+        return self.label

@@ -1,0 +1,125 @@
+"""Functions that run on the workers: read a gene set's rows, fit one booster, predict.
+
+Each task reads its own rows from the dataset (only the files holding its genes, with a
+parquet filter on the gene column); the client never materialises training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
+from metadask.dataset.source import Dataset, label_vector
+from metadask.models.boosted import FitOutput, booster_from_bytes, booster_margins, fit_binary
+
+ID_COLUMNS = ("position",)
+
+
+def worker_threads(default: int = 1) -> int:
+    """Threads of the worker running this task (XGBoost's nthread follows it)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return default
+
+
+@dataclass(frozen=True)
+class GeneSet:
+    """Genes and the files that hold them (from the gene index)."""
+
+    genes: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One binary fit: which class, which genes, how many rounds."""
+
+    key: str
+    scope: str
+    cls: int
+    fit: GeneSet
+    valid: GeneSet | None
+    eval_genes: tuple[str, ...]
+    n_estimators: int
+    early_stopping_rounds: int
+    params: dict[str, Any] = field(hash=False, default_factory=dict)
+    fold: int | None = None
+    batch: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "scope": self.scope, "cls": self.cls, "fit": sorted(self.fit.genes),
+            "valid": sorted(self.valid.genes) if self.valid else [], "eval": sorted(self.eval_genes),
+            "n_estimators": self.n_estimators, "esr": self.early_stopping_rounds, "params": self.params,
+        }
+
+
+def read_rows(dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(float32 matrix, label codes, id frame) of a gene set, in canonical row order."""
+    cols = [c for c in (*ID_COLUMNS, dataset.label_column, *BASE_SCORE_COLUMNS) if c in dataset.schema.columns]
+    x, meta = dataset.read_matrix(gs.genes, features, files=gs.files, columns=cols)
+    y = label_vector(meta, dataset.label_column)
+    return x, y, meta
+
+
+def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequence[FitOutput] | None = None) -> FitOutput:
+    """Fit one one-vs-rest booster for ``spec`` on this worker.
+
+    With ``cv`` (the same class's CV fits), the number of rounds is the mean of their best
+    iterations (the final model trains on all genes without an early-stopping holdout).
+    """
+    nthread = worker_threads()
+    x, y, meta = read_rows(dataset, spec.fit, features)
+    target = (y == spec.cls).astype(np.float32)
+    n_estimators, esr = spec.n_estimators, spec.early_stopping_rounds
+    if cv:
+        n_estimators = max(1, int(round(float(np.mean([o.n_trees for o in cv])))))
+        esr = 0
+    xv = yv = None
+    if spec.valid is not None and spec.valid.genes:
+        xv, yvc, _ = read_rows(dataset, spec.valid, features)
+        yv = (yvc == spec.cls).astype(np.float32)
+    xe = ye = None
+    if spec.eval_genes:
+        mask = meta[dataset.gene_column].isin(spec.eval_genes).to_numpy()
+        xe, ye = x[mask], target[mask]
+    out = fit_binary(
+        x, target, spec.params, n_estimators,
+        x_valid=xv, y_valid=yv, x_train_eval=xe, y_train_eval=ye,
+        early_stopping_rounds=esr, nthread=nthread, feature_names=features,
+    )
+    try:
+        import resource
+
+        out.peak_rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        pass
+    return out
+
+
+def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_column: str) -> pd.DataFrame:
+    """The prediction frame: ids, label code, base scores and per-class margins."""
+    out = pd.DataFrame({"gene": meta[gene_column].astype(str).to_numpy()})
+    out["position"] = meta["position"].to_numpy() if "position" in meta else np.arange(len(meta))
+    out["label"] = y.astype(np.int8)
+    for c in BASE_SCORE_COLUMNS:
+        out[c] = meta[c].to_numpy(dtype=np.float64) if c in meta else np.nan
+    for k, name in enumerate(LABELS):
+        out[f"margin_{name}"] = margins[:, k]
+    return out
+
+
+def run_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Sequence[FitOutput]) -> pd.DataFrame:
+    """Margins of one booster per class (``fits`` in class order) for a gene set's rows."""
+    x, y, meta = read_rows(dataset, gs, features)
+    boosters = [booster_from_bytes(f.booster) for f in fits]
+    margins = booster_margins(boosters, x, nthread=worker_threads())
+    return margins_frame(meta, y, margins, dataset.gene_column)

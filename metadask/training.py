@@ -1,0 +1,255 @@
+"""``train()``: dataset -> plan -> screening -> strategy.fit -> calibration -> artifacts.
+
+The CLI's ``metadask train`` calls this same function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metadask.analysis.metrics import PROB_COLUMNS, fold_metrics
+from metadask.analysis.summary import summary_dict, write_feature_manifest, write_summary
+from metadask.cluster import connect, describe
+from metadask.config import TrainConfig, setting
+from metadask.dataset.index import build_gene_index
+from metadask.dataset.memory import format_bytes, matrix_bytes
+from metadask.dataset.schema import LABELS
+from metadask.dataset.source import Dataset, open_dataset
+from metadask.errors import OutputError, TrainingError
+from metadask.io import write_csv, write_parquet, write_text
+from metadask.journal import Journal
+from metadask.models.base import sigmoid
+from metadask.models.bundle import save_model
+from metadask.models.calibration import IDENTITY, combine, fit_calibrator
+from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
+from metadask.results import OOF_COLUMNS, TrainingResult
+from metadask.strategies.base import TrainContext
+from metadask.strategies.registry import get_strategy
+
+log = logging.getLogger("metadask")
+
+INCOMPLETE_MARKER = "RUN_INCOMPLETE"
+_RUN_MARKERS = ("training_summary.txt", "model", "journal", "oof_predictions.parquet", INCOMPLETE_MARKER)
+
+
+def prepare_out_dir(out_dir: str | Path, *, overwrite: bool, resume: bool) -> Path:
+    """Create ``out_dir``; refuse one holding an earlier run unless --overwrite / --resume."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out-dir '{out}' is a file. Choose a directory.")
+    previous = out.is_dir() and any((out / m).exists() for m in _RUN_MARKERS)
+    if previous and not (overwrite or resume):
+        raise OutputError(
+            f"'{out}' already holds a training run. Pass --overwrite to replace it, --resume to continue it, "
+            "or choose another --out-dir."
+        )
+    if resume and not (out / "journal").is_dir():
+        log.info("--resume: no journal in %s; starting from scratch", out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and (out / "journal").is_dir():
+            shutil.rmtree(out / "journal")
+        write_text(out / INCOMPLETE_MARKER, "This run has not finished; its files may be from an earlier run.\n"
+                   "Rerun with --resume to continue it.\n")
+    except PermissionError:
+        raise OutputError(f"Permission denied creating '{out}'. Choose a writable --out-dir.") from None
+    return out
+
+
+def calibrate(result: TrainingResult, config: TrainConfig) -> None:
+    """Per-class calibration, honest: cross-fitted on out-of-fold predictions.
+
+    Each fold's rows are calibrated by calibrators fit on the other folds' out-of-fold
+    predictions; the final model's calibrators are fit on all of them.
+    """
+    oof = result.oof
+    raw = sigmoid(oof[[f"margin_{c}" for c in LABELS]].to_numpy())
+    y = oof["label"].to_numpy()
+    for k, c in enumerate(LABELS):
+        oof[f"raw_{c}"] = raw[:, k]
+    if not config.calibrate_per_class:
+        oof[list(PROB_COLUMNS)] = combine(raw)
+        result.model.calibrators = [IDENTITY] * len(LABELS)
+        return
+    folds = oof["fold"].to_numpy()
+    cal = np.empty_like(raw)
+    for f in np.unique(folds):
+        inside, outside = folds == f, folds != f
+        for k in range(len(LABELS)):
+            cal[inside, k] = fit_calibrator(raw[outside, k], y[outside] == k, config.calib_method)(raw[inside, k])
+    oof[list(PROB_COLUMNS)] = combine(cal)
+    result.model.calibrators = [fit_calibrator(raw[:, k], y == k, config.calib_method) for k in range(len(LABELS))]
+
+
+def _screen(dataset: Dataset, index, config: TrainConfig, client, out: Path):
+    from metadask.screening import screen_features
+
+    t0 = time.perf_counter()
+    screening = screen_features(dataset, index, config, client=client)
+    screening.write(out)
+    log.info("Screening: %d features used, %d excluded (%.1f s)", len(screening.features), len(screening.excluded),
+             time.perf_counter() - t0)
+    for w in screening.warnings:
+        log.warning("Screening: %s", w)
+    return screening
+
+
+def train(
+    dataset: str | Path | Dataset,
+    out_dir: str | Path,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    connect_timeout: float | None = None,
+    **options: Any,
+) -> TrainingResult:
+    """Train a gene-grouped meta-model on Dask and write every artifact to ``out_dir``.
+
+    Parameters
+    ----------
+    dataset
+        Directory, ``<name>/master``, glob or fsspec URL of parquet files (or an opened
+        :class:`~metadask.dataset.Dataset`).
+    out_dir
+        Output directory; must not hold an earlier run unless ``overwrite`` or ``resume``.
+    client, scheduler, n_workers, threads_per_worker, memory_limit, connect_timeout
+        Which cluster to use (see :func:`metadask.cluster.connect`); by default a local
+        cluster sized to the machine is started and shut down afterwards.
+    **options
+        Any :class:`~metadask.config.TrainConfig` field (``n_folds``, ``n_estimators``, ...).
+
+    Returns
+    -------
+    TrainingResult
+        The final model, out-of-fold predictions, per-fold metrics and run details.
+    """
+    config = TrainConfig.from_options(**options)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    ds = open_dataset(dataset, storage_options=config.storage_options, label_column=config.label_column,
+                      gene_column=config.gene_column, metadata_columns=config.metadata_columns)
+    out = prepare_out_dir(out_dir, overwrite=config.overwrite, resume=config.resume)
+    with connect(client=client, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
+                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c:
+        spec = describe(c)
+        if spec.dashboard:
+            log.info("Dask dashboard: %s", spec.dashboard)
+        log.info("Cluster: %d workers, threads %s, memory limit %s per worker", spec.n_workers,
+                 "/".join(map(str, sorted(set(spec.threads)))), format_bytes(spec.min_memory))
+        t = time.perf_counter()
+        index = build_gene_index(ds, cache=out / "cache" / "gene_index.parquet")
+        timings["gene_index"] = time.perf_counter() - t
+        log.info("Dataset %s: %d genes, %s rows, %d files, %d candidate features", ds.url, index.n_genes,
+                 f"{index.n_rows:,}", len(ds.files), len(ds.schema.feature_columns))
+        check_classes(index, index.genes, "the training data")
+        folds = assign_folds(index, config.n_folds, config.seed)
+        fold_plans = plan_folds(index, folds, valid_size=config.valid_size, seed=config.seed)
+
+        t = time.perf_counter()
+        screening = _screen(ds, index, config, c, out)
+        timings["screening"] = time.perf_counter() - t
+        features = list(screening.features)
+        if not features:
+            raise TrainingError("Screening excluded every feature. Relax --leakage-threshold / --max-missing or use --keep-features.")
+
+        choice = choose_strategy(
+            config.strategy, index=index, n_features=len(features), worker_memory=spec.min_memory,
+            memory_fraction=float(setting("task-memory-fraction")), max_memory_gb=config.max_memory_gb,
+            max_genes_per_batch=config.max_genes_per_batch, train_all_genes=config.train_all_genes,
+        )
+        strategy_cls = get_strategy(choice.name)
+        log.info("Strategy: %s (%s)", choice.name, choice.reason)
+        log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
+        ctx = TrainContext(
+            client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(screening.excluded),
+            folds=folds, fold_plans=fold_plans, cluster=spec, journal=Journal(out / "journal", config.resume),
+            plan={"choice": choice, "matrix_bytes": matrix_bytes(index, len(features))},
+        )
+        strategy = strategy_cls(config)
+        t = time.perf_counter()
+        result = strategy.fit(ctx)
+        timings["training"] = time.perf_counter() - t
+        if ctx.journal is not None and ctx.journal.reused:
+            log.info("--resume reused %d finished fits: %s", len(ctx.journal.reused), ", ".join(ctx.journal.reused))
+        result.reason = choice.reason
+        result.details.setdefault("strategy_label", strategy.describe(ctx))
+        _check_oof(result, index.n_rows)
+        calibrate(result, config)
+        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof), result)
+        result.out_dir = str(out)
+        result.timings = timings
+
+        t = time.perf_counter()
+        artifacts = _write_core_artifacts(out, result, ds, config)
+        notes: list[str] = []
+        if config.analysis:
+            from metadask.analysis.run import run_analysis
+
+            artifacts += run_analysis(result, ctx, out, notes)
+        else:
+            notes.append("Analysis skipped (--no-analysis): no plots, SHAP, importance or overfitting artifacts.")
+        timings["analysis"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        meta = {
+            "date": _dt.datetime.now().isoformat(timespec="seconds"), "dataset": ds.url, "genes": index.n_genes,
+            "rows": index.n_rows, "parameters": config.to_dict(), "strategy_label": result.details["strategy_label"],
+            "artifacts": sorted({*artifacts, "training_summary.txt", "training_summary.json"}), "notes": notes,
+        }
+        result.summary = summary_dict(result, meta)
+        write_summary(out, result.summary, _screening_lines(screening))
+    with contextlib.suppress(FileNotFoundError):
+        (out / INCOMPLETE_MARKER).unlink()
+    log.info(result.headline())
+    return result
+
+
+def _screening_lines(screening) -> list[str]:
+    from metadask.screening import summary_lines
+
+    return summary_lines(screening)
+
+
+def _check_oof(result: TrainingResult, n_rows: int) -> None:
+    missing = [c for c in ("gene", "label", "fold", *(f"margin_{c}" for c in LABELS)) if c not in result.oof]
+    if missing:
+        raise TrainingError(f"Strategy '{result.strategy}' returned out-of-fold predictions without {missing}.")
+    if len(result.oof) != n_rows:
+        raise TrainingError(f"Strategy '{result.strategy}' predicted {len(result.oof)} of {n_rows} rows out of fold.")
+
+
+def _with_fit_columns(fm: pd.DataFrame, result: TrainingResult) -> pd.DataFrame:
+    fits = result.fits
+    cv = fits[fits["scope"] == "cv"] if "scope" in fits else fits.iloc[0:0]
+    for c in LABELS:
+        part = cv[cv["cls"] == c].set_index("fold")["best_iteration"] if len(cv) else pd.Series(dtype=float)
+        fm[f"best_iteration_{c}"] = fm["fold"].map(part)
+    if len(cv):
+        fm["seconds"] = fm["fold"].map(cv.groupby("fold")["seconds"].sum()).round(2)
+    return fm
+
+
+def _write_core_artifacts(out: Path, result: TrainingResult, ds: Dataset, config: TrainConfig) -> list[str]:
+    oof = result.oof
+    cols = [c for c in OOF_COLUMNS if c in oof] + [c for c in oof if c.startswith("margin_")]
+    write_parquet(out / "oof_predictions.parquet", oof[cols])
+    write_csv(out / "gene_cv_metrics.csv", result.fold_metrics)
+    write_feature_manifest(out, result, list(ds.schema.feature_columns))
+    save_model(result.model, out / "model", strategy=result.strategy, extra={
+        "training": config.to_dict(), "dataset": ds.url, "genes": int(result.folds.size),
+        "excluded_features": result.excluded, "strategy_reason": result.reason,
+    })
+    return ["model/ - Trained meta-model bundle (load with metadask.load_model)", "oof_predictions.parquet",
+            "gene_cv_metrics.csv", "feature_manifest.csv", "global_excluded_features.txt",
+            "screening/feature_screening.csv"]
