@@ -145,5 +145,14 @@ class TrainConfig:
 
 
 def env_scheduler_address() -> str | None:
-    """Scheduler address from ``DASK_SCHEDULER_ADDRESS`` or dask config ``scheduler-address``."""
-    return os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
+    """Scheduler address from ``DASK_SCHEDULER_ADDRESS``, else dask config ``scheduler-address``.
+
+    The environment variable is read now (not only when dask was imported), so it beats a
+    value set with ``dask.config.set``; an explicit ``--scheduler`` beats both (in
+    :func:`metadask.cluster.connect`). Blank values count as unset.
+    """
+    env = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+    if env:
+        return env
+    value = dask.config.get("scheduler-address", None)
+    return str(value).strip() or None if value else None

@@ -36,6 +36,10 @@ def predict_frame(model: MetaModel, df: pd.DataFrame, gene_column: str = "gene_i
     return out
 
 
+def _score_partition(df: pd.DataFrame, model: MetaModel, gene_column: str) -> pd.DataFrame:
+    return predict_frame(model, df, gene_column)
+
+
 def predict_dataset(
     model: str | os.PathLike | MetaModel,
     dataset: str | os.PathLike,
@@ -61,10 +65,10 @@ def predict_dataset(
     present = [f for f in m.features if f in ds.schema.columns]
     columns = list(dict.fromkeys(wanted + present + [c for c in BASE_SCORE_COLUMNS if c in ds.schema.columns]))
     with connect(client=client, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                 memory_limit=memory_limit, connect_timeout=connect_timeout):
+                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c, c.as_current():
         ddf = ds.to_dask(columns)
         meta = predict_frame(m, ddf._meta.assign(**{f: 0.0 for f in m.features if f not in ddf.columns}), ds.gene_column)
-        scored = ddf.map_partitions(predict_frame, m, ds.gene_column, meta=meta)
+        scored = ddf.map_partitions(_score_partition, m, ds.gene_column, meta=meta)
         result = scored.compute()
     atomic_write(out, lambda tmp: result.to_parquet(tmp, index=False))
     log.info("Scored %s rows of %s with %s", f"{len(result):,}", ds.url, m.describe())

@@ -20,8 +20,10 @@ from metadask.errors import ConfigError, TrainingError, preview
 def balanced_groups(sizes: pd.Series, n_groups: int, seed: int) -> pd.Series:
     """Assign each item (index of ``sizes``) to one of ``n_groups`` groups, balancing total size.
 
-    Items are shuffled with ``seed`` (from sorted order), then placed largest first into the
-    group with the smallest total so far (ties: lowest group id).
+    Items are ranked by size (ties broken by a seeded shuffle of the sorted ids) and taken in
+    bands of ``n_groups``; within a band the items are shuffled with ``seed`` and dealt to the
+    groups from the smallest running total up. Totals differ by at most about one item's size,
+    and different seeds give different groups.
     """
     items = np.asarray(sorted(sizes.index), dtype=object)
     rng = np.random.default_rng(seed)
@@ -29,13 +31,14 @@ def balanced_groups(sizes: pd.Series, n_groups: int, seed: int) -> pd.Series:
     s = sizes.loc[items].to_numpy()
     order = np.argsort(-s, kind="stable")
     totals = np.zeros(n_groups, dtype=np.int64)
-    counts = np.zeros(n_groups, dtype=np.int64)
     out = np.empty(len(items), dtype=np.int64)
-    for i in order:
-        g = int(np.lexsort((np.arange(n_groups), counts, totals))[0])
-        out[i] = g
-        totals[g] += s[i]
-        counts[g] += 1
+    for start in range(0, len(order), n_groups):
+        band = order[start : start + n_groups]
+        band = band[rng.permutation(len(band))]
+        targets = np.lexsort((np.arange(n_groups), totals))[: len(band)]
+        for i, g in zip(band, targets):
+            out[i] = g
+            totals[g] += s[i]
     return pd.Series(out, index=items).sort_index()
 
 
@@ -120,23 +123,70 @@ def plan_folds(index: GeneIndex, folds: pd.Series, *, valid_size: float, seed: i
 
 
 # -- memory model and strategy choice ----------------------------------------------------
+#
+# Peak memory of one fit task (a worker process reading a gene set and fitting one booster),
+# calibrated by measurement with ``python -m benchmarks memory_model`` (docs/strategies.md):
+#
+#   peak = TASK_BASE_BYTES                                   worker process + libraries
+#        + rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)
+#                                                            float32 matrix, quantised matrix,
+#                                                            validation / eval matrices,
+#                                                            gradients, labels, id frame
+#        + file_rows * n_features * READ_BYTES_PER_VALUE     parquet decoding of the largest
+#                                                            file's share (arrow buffers,
+#                                                            partly kept by its allocator)
+#        + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
+#                                                            XGBoost's per-node histograms
 
-BYTES_PER_VALUE = 4 + 1
-"""float32 matrix + XGBoost's quantised (uint8 bin) copy, per feature value."""
-BYTES_PER_ROW = 96
-"""Gradients, labels, predictions and row partitions per row, across a fit."""
-TASK_BASE_BYTES = 150 * 2**20
-"""Libraries and interpreter of a worker running a fit."""
+TASK_BASE_BYTES = 300 * 2**20
+"""A worker process with metadask, XGBoost, pandas and pyarrow loaded."""
+BYTES_PER_VALUE = 6.0
+"""Per feature value: float32 matrix (4), XGBoost's uint8 bins (1), eval copies and slack."""
+BYTES_PER_ROW = 150.0
+"""Per row: labels, gradients, predictions, row partitions and the id / label frame."""
+READ_BYTES_PER_VALUE = 8.0
+"""Per feature value of the rows read from one file: arrow's decoded float64 columns and buffers."""
+HIST_BYTES_PER_BIN = 16.0
+"""Per histogram bin of a tree node: a gradient pair in double precision."""
 
 
-def task_peak_bytes(rows: int, n_features: int) -> int:
-    """Estimated peak memory of one fit task on ``rows`` rows (see docs/strategies.md)."""
-    return int(rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW) + TASK_BASE_BYTES)
+def hist_nodes(max_depth: int = 6) -> int:
+    """Tree nodes whose histograms XGBoost may keep at once (every node of a full tree)."""
+    return 2 ** (int(max_depth) + 1) - 1
 
 
-def rows_within(budget: int, n_features: int) -> int:
-    """Most rows one fit task can take within ``budget`` bytes."""
-    return max(0, int((budget - TASK_BASE_BYTES) // (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)))
+def max_file_rows(index: GeneIndex) -> int:
+    """Rows of the largest file (a gene spanning files counts fully in each: an upper bound)."""
+    per_file: dict[int, int] = {}
+    for files, n in zip(index.table["files"], index.table["n_rows"]):
+        for f in files:
+            per_file[f] = per_file.get(f, 0) + int(n)
+    return max(per_file.values(), default=0)
+
+
+def task_peak_bytes(rows: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256,
+                    max_depth: int = 6) -> int:
+    """Estimated peak memory of one fit task on ``rows`` rows (see docs/strategies.md).
+
+    ``file_rows``: the most rows the task reads from one file (default: all of them, the
+    worst case of a single file).
+    """
+    read = rows if file_rows is None else min(rows, file_rows)
+    return int(
+        TASK_BASE_BYTES + rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)
+        + read * n_features * READ_BYTES_PER_VALUE + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
+    )
+
+
+def rows_within(budget: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256,
+                max_depth: int = 6) -> int:
+    """Most rows one fit task can take within ``budget`` bytes (inverse of :func:`task_peak_bytes`)."""
+    fixed = TASK_BASE_BYTES + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
+    per_row = n_features * BYTES_PER_VALUE + BYTES_PER_ROW
+    rows = (budget - fixed) / (per_row + n_features * READ_BYTES_PER_VALUE)
+    if file_rows is not None and rows > file_rows:
+        rows = (budget - fixed - file_rows * n_features * READ_BYTES_PER_VALUE) / per_row
+    return max(0, int(rows))
 
 
 @dataclass(frozen=True)
@@ -158,37 +208,51 @@ def choose_strategy(
     max_memory_gb: float | None = None,
     max_genes_per_batch: int = 1200,
     train_all_genes: bool = False,
+    max_bin: int = 256,
+    max_depth: int = 6,
 ) -> StrategyChoice:
     """Pick the strategy, and say why, from the memory a fit needs and a worker offers.
 
-    ``auto`` chooses ``single`` when one fit on every row fits in ``memory_fraction`` of the
-    smallest worker (capped by ``max_memory_gb``), otherwise ``batch-ensemble`` with batches
-    as large as that budget allows (at most ``max_genes_per_batch`` genes).
+    The task budget is ``memory_fraction`` of the smallest worker's memory limit (capped by
+    ``max_memory_gb``). ``auto`` chooses ``single`` when one fit on every row fits in that
+    budget (by :func:`task_peak_bytes`), otherwise ``batch-ensemble`` with batches as large as
+    the budget allows (at most ``max_genes_per_batch`` genes). ``train_all_genes`` forces the
+    batch ensemble. ``genes_per_batch`` is set for every choice that trains batches.
     """
     from metadask.dataset.memory import format_bytes
 
     budget = int(worker_memory * memory_fraction)
     if max_memory_gb is not None:
         budget = min(budget, int(max_memory_gb * 2**30))
-    peak = task_peak_bytes(index.n_rows, n_features)
+    hyper = {"max_bin": max_bin, "max_depth": max_depth}
+    file_rows = max_file_rows(index)
+    peak = task_peak_bytes(index.n_rows, n_features, file_rows=file_rows, **hyper)
     mean_rows = max(1.0, index.n_rows / max(1, index.n_genes))
-    by_memory = max(2, int(rows_within(budget, n_features) // mean_rows))
+    biggest_gene = int(index.table["n_rows"].max()) if index.n_genes else 0
+    # balanced packing can overshoot a batch's share by up to one gene: leave room for it
+    fit_rows = rows_within(budget, n_features, file_rows=file_rows, **hyper) - biggest_gene
+    by_memory = int(fit_rows // mean_rows)
     genes_per_batch = max(2, min(max_genes_per_batch, by_memory, index.n_genes))
+    limit = "--max-genes-per-batch" if genes_per_batch == max_genes_per_batch and by_memory > max_genes_per_batch else "memory"
+    batch_text = f"batches of {genes_per_batch} genes (capped by {limit}; ~{format_bytes(task_peak_bytes(int(genes_per_batch * mean_rows), n_features, file_rows=file_rows, **hyper))} per fit)"
+    if by_memory < 2:
+        batch_text += (f"; even 2-gene batches exceed the {format_bytes(budget)} task budget: give workers more memory "
+                       "(--memory-limit) or raise --max-memory-gb")
     if train_all_genes:
-        return StrategyChoice("batch-ensemble", f"forced by --train-all-genes; {genes_per_batch} genes/batch", budget, peak, genes_per_batch)
+        return StrategyChoice("batch-ensemble", f"forced by --train-all-genes; {batch_text}", budget, peak, genes_per_batch)
     if requested != "auto":
         return StrategyChoice(requested, f"requested with --strategy {requested}", budget, peak,
                               genes_per_batch if requested == "batch-ensemble" else None)
     if peak <= budget:
         return StrategyChoice(
             "single",
-            f"one fit on all {index.n_rows:,} rows needs ~{format_bytes(peak)}, within the {format_bytes(budget)} "
-            f"task budget of the smallest worker",
+            f"one fit on all {index.n_rows:,} rows x {n_features} features needs ~{format_bytes(peak)}, within the "
+            f"{format_bytes(budget)} task budget of the smallest worker",
             budget, peak,
         )
     return StrategyChoice(
         "batch-ensemble",
-        f"one fit on all {index.n_rows:,} rows needs ~{format_bytes(peak)}, more than the {format_bytes(budget)} "
-        f"task budget of the smallest worker; batches of {genes_per_batch} genes fit",
+        f"one fit on all {index.n_rows:,} rows x {n_features} features needs ~{format_bytes(peak)}, more than the "
+        f"{format_bytes(budget)} task budget of the smallest worker; {batch_text}",
         budget, peak, genes_per_batch,
     )

@@ -142,7 +142,7 @@ def train(
                       gene_column=config.gene_column, metadata_columns=config.metadata_columns)
     out = prepare_out_dir(out_dir, overwrite=config.overwrite, resume=config.resume)
     with connect(client=client, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c:
+                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c, c.as_current():
         spec = describe(c)
         if spec.dashboard:
             log.info("Dask dashboard: %s", spec.dashboard)

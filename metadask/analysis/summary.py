@@ -49,12 +49,44 @@ def summary_dict(result: TrainingResult, meta: dict[str, Any]) -> dict[str, Any]
         "features_excluded": len(result.excluded),
         "parameters": meta.get("parameters", {}),
         "cv": cv,
-        "details": result.details,
+        "details": _json_safe(result.details),
         "timings": result.timings,
         "notes": meta.get("notes", []),
         "artifacts": meta.get("artifacts", []),
         "out_dir": result.out_dir,
     }
+
+
+def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
+    """Strategy details for JSON: DataFrames as lists of records, arrays as lists."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, pd.DataFrame):
+            out[k] = v.to_dict(orient="records")
+        elif hasattr(v, "tolist"):
+            out[k] = v.tolist()
+        else:
+            out[k] = v
+    return out
+
+
+def ensemble_lines(details: dict[str, Any]) -> list[str]:
+    """The "ENSEMBLE DETAILS" lines: collections in the strategy details (members, batches,
+    weights) by size, and the ensemble's own CV (``ensemble_cv_results``) as mean ± std."""
+    lines: list[str] = []
+    for k, v in details.items():
+        if k == "ensemble_cv_results":
+            continue
+        if isinstance(v, (list, tuple, dict)) and v:
+            lines.append(f"{k.replace('_', ' ').title()}: {len(v)} entries")
+    ens = details.get("ensemble_cv_results")
+    rows = pd.DataFrame(ens) if isinstance(ens, (list, pd.DataFrame)) else None
+    if rows is not None and not rows.empty:
+        lines.append(f"Ensemble CV folds: {len(rows)}")
+        for col in ("accuracy", "macro_f1", "meta_binary_f1", "binary_f1", "ap_donor", "ap_acceptor"):
+            if col in rows and pd.api.types.is_numeric_dtype(rows[col]):
+                lines.append(f"Ensemble CV {col.replace('_', ' ')}: {_mean_std(rows[col])}")
+    return lines
 
 
 def summary_text(s: dict[str, Any], screening_lines: list[str] | None = None) -> str:
@@ -90,6 +122,9 @@ def summary_text(s: dict[str, Any], screening_lines: list[str] | None = None) ->
     for k, v in s["details"].items():
         if isinstance(v, (str, int, float)):
             lines.append(f"{k.replace('_', ' ').title()}: {v}")
+    ens = ensemble_lines(s["details"])
+    if ens:
+        lines += ["", "ENSEMBLE DETAILS:", "-" * 20, *ens]
     lines += ["", "PERFORMANCE SUMMARY (out-of-fold, genes never seen by the scoring model):", "-" * 20]
     names = {
         "accuracy": "CV Accuracy", "macro_f1": "CV F1 Macro", "meta_binary_f1": "Meta Binary F1 (splice vs neither)",

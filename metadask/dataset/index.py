@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metadask.dataset.schema import LABELS, encode_labels
-from metadask.dataset.source import Dataset
+from metadask.dataset.source import Dataset, gene_keys
 from metadask.errors import DatasetError, preview
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def _index_file(dataset: Dataset, file_id: int) -> pd.DataFrame:
     onehot = np.zeros((len(df), 3), dtype=np.int64)
     onehot[np.arange(len(df)), codes] = 1
     counts = pd.DataFrame(onehot, columns=_COUNT_COLUMNS)
-    counts["gene"] = genes.astype(str).to_numpy()
+    counts["gene"] = gene_keys(genes)
     out = counts.groupby("gene", sort=True).sum()
     out["n_rows"] = out[_COUNT_COLUMNS].sum(axis=1)
     out["file_id"] = file_id
@@ -94,6 +94,8 @@ class GeneIndex:
         table = pa.Table.from_pandas(t, preserve_index=False)
         meta = {"metadask_index": json.dumps({"format": INDEX_FORMAT, "files": list(self.files), "fingerprint": fingerprint})}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # the cache usually lives in a run's not-yet-created cache/ folder
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
         pq.write_table(table, tmp)

@@ -12,7 +12,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from metadask.dataset.index import GeneIndex
+from metadask.dataset.index import GeneIndex, check_genes
 from metadask.dataset.source import Dataset
 from metadask.errors import option_error
 
@@ -63,10 +63,13 @@ def read_sample(
 ) -> pd.DataFrame:
     """Read only the rows of ``genes`` (only the files holding them), as one pandas frame."""
     genes = sorted(set(genes))
+    check_genes(index, genes)
     files = index.files_for(genes)
     cols = None if columns is None else list(dict.fromkeys([dataset.gene_column, *columns]))
     parts = dask.compute(*[dask.delayed(dataset.read_file)(f, cols, genes) for f in files])
-    df = pd.concat([p for p in parts], ignore_index=True)
+    if not parts:  # no genes: an empty frame with the right columns
+        parts = (dataset.read_file(dataset.files[0], cols, genes=[]),)
+    df = pd.concat(list(parts), ignore_index=True)
     order = np.argsort(df[dataset.gene_column].to_numpy(dtype=object), kind="stable")
     df = df.iloc[order].reset_index(drop=True)
     return df

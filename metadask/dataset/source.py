@@ -107,6 +107,17 @@ class Dataset:
         return out
 
     # -- reading -----------------------------------------------------------------------
+    def _gene_filter(self, genes: Iterable[str]) -> pc.Expression:
+        """Parquet filter selecting ``genes`` (gene ids as the index holds them: strings).
+
+        A numeric gene column is compared through its string form (the index keys numeric ids
+        the same way, see :func:`gene_keys`), since arrow cannot compare strings with numbers.
+        """
+        field = pc.field(self.gene_column)
+        if self.schema.columns.get(self.gene_column) != "string":
+            field = field.cast(pa.string())
+        return field.isin(pa.array(sorted({str(g) for g in genes}), pa.string()))
+
     def read_file(
         self,
         file: str,
@@ -126,7 +137,7 @@ class Dataset:
         present = [c for c in wanted if c not in lacking]
         filters = None
         if genes is not None:
-            filters = pc.field(self.gene_column).isin(pa.array(sorted(set(genes)), pa.string()))
+            filters = self._gene_filter(genes)
             if self.gene_column not in present:
                 present.append(self.gene_column)
         try:
@@ -180,7 +191,7 @@ class Dataset:
         """
         genes = sorted(set(genes))
         files = list(self.files if files is None else files)
-        gene_filter = pc.field(self.gene_column).isin(pa.array(genes, pa.string()))
+        gene_filter = self._gene_filter(genes)
         # pass 1: the gene column of each file, to place every row before decoding features
         keys = [self.read_file(f, [self.gene_column], genes=genes)[self.gene_column].to_numpy(dtype=object) for f in files]
         sizes = [len(k) for k in keys]
@@ -268,6 +279,13 @@ def open_dataset(
     footers = [_read_footer(fs, f) for f in files]
     schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=metadata_columns)
     return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}))
+
+
+def gene_keys(values: pd.Series) -> np.ndarray:
+    """Gene ids as strings, the way the gene index and the parquet gene filter spell them."""
+    if pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
+        return values.astype(str).to_numpy(dtype=object)
+    return np.asarray(pa.array(values).cast(pa.string()).to_pylist(), dtype=object)
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

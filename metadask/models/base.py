@@ -48,6 +48,20 @@ class MetaModel(abc.ABC):
     def from_files(cls, files: dict[str, bytes], settings: dict[str, Any], features: Sequence[str]) -> MetaModel:
         """Inverse of :meth:`to_files`."""
 
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """Per-class feature contributions in margin space: (n, 3, n_features + 1).
+
+        The last column is the bias; contributions + bias = margin (additive, like SHAP).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not provide contributions")
+
+    def importance(self) -> pd.DataFrame:
+        """Per class and feature: ``gain``, ``weight``, ``cover`` (0 for unused features).
+
+        Columns: ``cls``, ``feature``, ``gain``, ``weight``, ``cover``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not provide importances")
+
     def describe(self) -> str:
         return f"{self.kind} model, {len(self.features)} features"
 

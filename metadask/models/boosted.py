@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 
 from metadask.dataset.schema import LABELS
@@ -114,6 +115,12 @@ class BoosterModel(MetaModel):
     def predict_margin(self, x: np.ndarray) -> np.ndarray:
         return booster_margins(self.boosters, x)
 
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        return booster_contributions(self.boosters, x)
+
+    def importance(self) -> pd.DataFrame:
+        return booster_importance(self.boosters, self.features)
+
     def describe(self) -> str:
         trees = ", ".join(f"{c} {b.num_boosted_rounds()}" for c, b in zip(LABELS, self.boosters))
         return f"{self.kind} model: 3 one-vs-rest boosters (trees: {trees}), {len(self.features)} features"
@@ -131,3 +138,20 @@ def booster_margins(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int
     """Margins of one booster per class for matrix ``x`` (n x len(boosters))."""
     dm = xgb.DMatrix(x, nthread=nthread or -1)
     return np.column_stack([b.predict(dm, output_margin=True) for b in boosters]).astype(np.float64)
+
+
+def booster_contributions(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+    """XGBoost's exact TreeSHAP contributions (``pred_contribs``): (n, n_boosters, features + 1)."""
+    dm = xgb.DMatrix(x, nthread=nthread or -1)
+    return np.stack([b.predict(dm, pred_contribs=True) for b in boosters], axis=1).astype(np.float64)
+
+
+def booster_importance(boosters: Sequence[xgb.Booster], features: Sequence[str]) -> pd.DataFrame:
+    """gain / weight / cover per class and feature (XGBoost names features f0, f1, ...)."""
+    rows = []
+    for k, b in enumerate(boosters):
+        scores = {t: b.get_score(importance_type=t) for t in ("gain", "weight", "cover")}
+        for j, f in enumerate(features):
+            key = f"f{j}"
+            rows.append({"cls": LABELS[k], "feature": f, **{t: float(scores[t].get(key, 0.0)) for t in scores}})
+    return pd.DataFrame(rows)

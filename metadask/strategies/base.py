@@ -80,7 +80,7 @@ class TrainContext:
                 results[key] = item
                 log.info("%s %s: reused from the journal (%d trees)", what, key, item.n_trees)
         total, t0 = len(items), time.perf_counter()
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=self.client.loop):
             key = futures[fut]
             out = fut.result()
             spec = items[key][0]

@@ -1,0 +1,1 @@
+"""metadask benchmarks: each case prints a table and writes JSON under benchmarks/results/."""

@@ -1,0 +1,369 @@
+"""``distributed``: one model per class trained by ``xgboost.dask`` across every worker.
+
+For data that no single worker can hold but the cluster's memory together can: each fit's
+rows are a Dask array with one gene-aligned partition per group of genes sharing files
+(:func:`gene_partitions`), read by the workers themselves (the client only builds the
+graph), persisted for the fit and handed to ``xgboost.dask`` as a ``DaskQuantileDMatrix``.
+
+Per CV fold (genes from ``ctx.fold_plans``): three one-vs-rest binary boosters fit on the
+fold's fit genes with early stopping on its validation genes (``valid`` history) and a
+held-in sample of fit genes (``train`` history). The final boosters train on every gene
+for the mean best iteration of their class's CV fits, as in ``single``. Out-of-fold margins
+come from per-partition prediction tasks on the test genes of each fold.
+
+Failure behaviour: ``xgboost.dask`` cannot continue when a worker taking part in a fit goes
+away (its rows and its place in the collective are gone). Each fit runs under a watchdog
+that checks the scheduler's workers, and under XGBoost's collective timeout, so that a lost
+or frozen worker ends the run within a bounded time with a :class:`TrainingError` instead
+of hanging. Settings (``dask.config``): ``metadask.distributed.collective-timeout``
+(seconds, default 300), ``metadask.distributed.fit-timeout`` (seconds per fit, default no
+limit), ``metadask.distributed.worker-wait`` (seconds to wait for workers, default 60).
+
+Determinism: for a fixed cluster layout the result is reproducible, but not bitwise across
+worker counts: XGBoost's quantile sketch and histogram sums depend on how partitions land on
+workers. ``single`` and ``batch-ensemble`` give that guarantee.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from metadask.dataset.index import GeneIndex
+from metadask.dataset.schema import LABELS
+from metadask.dataset.source import Dataset
+from metadask.errors import ClusterError, TrainingError
+from metadask.journal import digest
+from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
+from metadask.results import TrainingResult
+from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.strategies.tasks import FitSpec, GeneSet, read_rows, run_predict
+
+log = logging.getLogger("metadask")
+
+T = TypeVar("T")
+
+_DEFAULTS = {"collective-timeout": 300, "fit-timeout": None, "worker-wait": 60, "poll-interval": 0.5,
+             "loss-grace": 5.0}
+
+
+def setting(key: str) -> Any:
+    """A ``metadask.distributed.<key>`` value from dask.config (defaults in this module)."""
+    return dask.config.get(f"metadask.distributed.{key}", _DEFAULTS[key])
+
+
+# -- gene-aligned Dask arrays (also used by the incremental strategy) -------------------
+
+def gene_partitions(index: GeneIndex, genes: Sequence[str], max_rows: int | None = None) -> list[tuple[GeneSet, int]]:
+    """Gene-aligned partitions of ``genes``: (gene set, rows) per group of genes sharing files.
+
+    Genes held by the same files form one partition (one per file in the usual layout), in
+    file order; with ``max_rows`` a group is cut into consecutive runs of whole genes of at
+    most ``max_rows`` rows (a gene larger than that is a partition of its own). A gene is
+    never split between partitions, and the result depends only on the index and ``genes``.
+    """
+    table = index.table.loc[sorted(genes), ["files", "n_rows"]]
+    groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
+    for gene, files, n in zip(table.index, table["files"], table["n_rows"]):
+        groups.setdefault(tuple(files), []).append((str(gene), int(n)))
+    out: list[tuple[GeneSet, int]] = []
+    for files, members in sorted(groups.items()):
+        paths = tuple(index.files[i] for i in files)
+        run: list[str] = []
+        rows = 0
+        for gene, n in members:
+            if run and max_rows is not None and rows + n > max_rows:
+                out.append((GeneSet(tuple(run), paths), rows))
+                run, rows = [], 0
+            run.append(gene)
+            rows += n
+        if run:
+            out.append((GeneSet(tuple(run), paths), rows))
+    return out
+
+
+def _read_xy(dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    x, y, _ = read_rows(dataset, gs, features)
+    return x, y.astype(np.int8)
+
+
+def gene_arrays(
+    dataset: Dataset, parts: Sequence[tuple[GeneSet, int]], features: Sequence[str],
+) -> tuple[da.Array, da.Array]:
+    """Lazy (X float32, y label codes int8) over gene-aligned partitions, one block each.
+
+    Each block is read on a worker by :func:`~metadask.strategies.tasks.read_rows`; block
+    keys are a function of (dataset, genes, features), so the same genes share one read.
+    """
+    if not parts:
+        raise TrainingError("No genes to build a training matrix from (an empty gene set reached xgboost.dask).")
+    feats = list(features)
+    xs, ys = [], []
+    for gs, n in parts:
+        key = f"metadask-read-{digest([dataset.url, gs.genes, gs.files, feats])[:20]}"
+        block = dask.delayed(_read_xy, nout=2, pure=True)(dataset, gs, feats, dask_key_name=key)
+        xs.append(da.from_delayed(block[0], shape=(n, len(feats)), dtype=np.float32))
+        ys.append(da.from_delayed(block[1], shape=(n,), dtype=np.int8))
+    return da.concatenate(xs, axis=0), da.concatenate(ys, axis=0)
+
+
+# -- the watchdog ---------------------------------------------------------------------
+
+def _workers(client: Any) -> set[str]:
+    return set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def wait_for_workers(client: Any, n: int, timeout: float) -> set[str]:
+    """Wait until ``n`` workers are connected; a :class:`ClusterError` after ``timeout`` s."""
+    try:
+        client.wait_for_workers(max(1, n), timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ClusterError(
+            f"Distributed training needs {n} workers but only {len(_workers(client))} joined within {timeout:.0f} s "
+            "(metadask.distributed.worker-wait). Start the workers or point --scheduler at a running cluster."
+        ) from exc
+    return _workers(client)
+
+
+def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | None = None,
+            poll: float | None = None, grace: float | None = None) -> T:
+    """Run ``fn`` (which drives ``xgboost.dask``) in a thread and watch the cluster meanwhile.
+
+    Raises :class:`TrainingError` when a worker that was present at the start leaves (after
+    ``grace`` seconds for XGBoost to report it itself), when ``fn`` fails, or after
+    ``timeout`` seconds. The thread is left to end on its own: XGBoost's collective timeout
+    bounds how long its surviving workers can wait for the lost one.
+    """
+    poll = float(setting("poll-interval") if poll is None else poll)
+    grace = float(setting("loss-grace") if grace is None else grace)
+    timeout = setting("fit-timeout") if timeout is None else timeout
+    before = _workers(client)
+    t0 = time.perf_counter()
+    lost_at: float | None = None
+    lost: set[str] = set()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metadask-xgb-dask")
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except concurrent.futures.TimeoutError:
+            pass
+        except TrainingError:
+            raise
+        except Exception as exc:  # XGBoostError, CommClosedError, ValueError from xgboost.dask, ...
+            gone = lost or (before - _workers(client))
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if gone:
+                raise _lost_error(what, gone) from exc
+            raise TrainingError(
+                f"Distributed training of {what} failed: {type(exc).__name__}: {first[:300]}. "
+                "Check the worker logs; rerun, or use --strategy single / batch-ensemble."
+            ) from exc
+        now = time.perf_counter()
+        if lost_at is None:
+            lost = before - _workers(client)
+            if lost:
+                lost_at = now
+                log.warning("Worker(s) %s left during distributed training of %s", ", ".join(sorted(lost)), what)
+        elif now - lost_at >= grace:
+            raise _lost_error(what, lost)
+        if timeout is not None and now - t0 > float(timeout):
+            raise TrainingError(
+                f"Distributed training of {what} did not finish within {float(timeout):.0f} s "
+                "(metadask.distributed.fit-timeout). Raise the limit, or check for a stuck worker."
+            )
+
+
+def _lost_error(what: str, lost: set[str]) -> TrainingError:
+    return TrainingError(
+        f"Worker {', '.join(sorted(lost))} left the cluster during distributed training of {what}; xgboost.dask "
+        "cannot continue without it (its rows and its place in the collective are gone). Rerun when the cluster "
+        "is stable (--resume reuses finished fits), or use --strategy batch-ensemble, which retries lost fits "
+        "on other workers."
+    )
+
+
+# -- one xgboost.dask fit ---------------------------------------------------------------
+
+def fit_dask_binary(
+    client: Any,
+    x: da.Array,
+    y: da.Array,
+    cls: int,
+    params: dict[str, Any],
+    n_estimators: int,
+    *,
+    valid: tuple[da.Array, da.Array] | None = None,
+    train_eval: tuple[da.Array, da.Array] | None = None,
+    early_stopping_rounds: int = 0,
+) -> FitOutput:
+    """One one-vs-rest binary fit of class ``cls`` with ``xgboost.dask`` (quantile DMatrix).
+
+    Early stopping watches ``valid`` (held-out genes); ``train_eval`` (a held-in sample)
+    gives the training curve. The booster is trimmed to its best iteration.
+    """
+    import xgboost as xgb
+    from xgboost import dask as dxgb
+    from xgboost.collective import Config
+
+    t0 = time.perf_counter()
+    max_bin = int(params.get("max_bin", 256))
+    target = (y == cls).astype(np.float32)
+    dtrain = dxgb.DaskQuantileDMatrix(client, x, target, max_bin=max_bin)
+    evals = []
+    if train_eval is not None:
+        evals.append((dxgb.DaskQuantileDMatrix(client, train_eval[0], (train_eval[1] == cls).astype(np.float32),
+                                               max_bin=max_bin, ref=dtrain), "train"))
+    if valid is not None:
+        evals.append((dxgb.DaskQuantileDMatrix(client, valid[0], (valid[1] == cls).astype(np.float32),
+                                               max_bin=max_bin, ref=dtrain), "valid"))
+    use_es = early_stopping_rounds > 0 and valid is not None
+    coll = int(setting("collective-timeout"))
+    # verbosity 0 travels to the workers with XGBoost's global config: no per-fit rank banners
+    with xgb.config_context(verbosity=0):
+        out = dxgb.train(
+            client, dict(params), dtrain, num_boost_round=int(n_estimators), evals=evals or None,
+            early_stopping_rounds=early_stopping_rounds if use_es else None, verbose_eval=False,
+            coll_cfg=Config(timeout=coll, tracker_timeout=coll),
+        )
+    booster = out["booster"]
+    best = int(booster.best_iteration) if use_es else int(n_estimators) - 1
+    if use_es and best + 1 < booster.num_boosted_rounds():
+        booster = booster[: best + 1]
+    history = {name: [float(v) for v in h.get("logloss", [])] for name, h in out.get("history", {}).items()}
+    return FitOutput(booster=booster_to_bytes(booster), best_iteration=best, n_trees=best + 1,
+                     seconds=time.perf_counter() - t0, rows=int(x.shape[0]), history=history)
+
+
+# -- the strategy -----------------------------------------------------------------------
+
+class DistributedStrategy(Strategy):
+    """One model trained by ``xgboost.dask`` over every worker (see the module docstring)."""
+
+    name = "distributed"
+    label = "Distributed XGBoost (xgboost.dask)"
+
+    def describe(self, ctx: TrainContext) -> str:
+        return f"{self.label}, {ctx.cluster.n_workers} workers"
+
+    def fit(self, ctx: TrainContext) -> TrainingResult:
+        cfg, client = ctx.config, ctx.client
+        params = cfg.xgb_params()
+        esr = int(cfg.early_stopping_rounds)
+        workers = wait_for_workers(client, ctx.cluster.n_workers, float(setting("worker-wait")))
+        log.info("xgboost.dask on %d workers; XGBoost's nthread follows each worker's threads; bitwise results "
+                 "depend on the worker count", len(workers))
+        specs: list[FitSpec] = []
+        outputs: dict[str, FitOutput] = {}
+        t_all = time.perf_counter()
+        for fp in ctx.fold_plans:
+            fold_specs = [
+                FitSpec(key=f"cv-f{fp.fold}-{c}", scope="cv", cls=k, fold=fp.fold, fit=ctx.gene_set(fp.fit),
+                        valid=ctx.gene_set(fp.valid), eval_genes=fp.train_eval, n_estimators=cfg.n_estimators,
+                        early_stopping_rounds=esr, params=params)
+                for k, c in enumerate(LABELS)
+            ]
+            specs += fold_specs
+            self._run_fits(ctx, fold_specs, outputs, fit_genes=fp.fit, valid_genes=fp.valid,
+                           eval_genes=fp.train_eval, what=f"CV fold {fp.fold}")
+        final_specs = []
+        for k, c in enumerate(LABELS):
+            rounds = cfg.n_estimators
+            if esr > 0:
+                cv = [outputs[s.key].n_trees for s in specs if s.cls == k]
+                rounds = max(1, int(round(float(np.mean(cv)))))
+            final_specs.append(FitSpec(key=f"final-{c}", scope="final", cls=k, fit=ctx.gene_set(ctx.index.genes),
+                                       valid=None, eval_genes=(), n_estimators=rounds, early_stopping_rounds=0,
+                                       params=params))
+        specs += final_specs
+        self._run_fits(ctx, final_specs, outputs, fit_genes=ctx.index.genes, valid_genes=(), eval_genes=(),
+                       what="final model")
+        log.info("Distributed training: %d fits in %.1f s", len(specs), time.perf_counter() - t_all)
+        oof = self._predict_oof(ctx, outputs)
+        model = BoosterModel([booster_from_bytes(outputs[f"final-{c}"].booster) for c in LABELS], ctx.features)
+        model.kind = "distributed"
+        model.info = {
+            "strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
+            "trees": {c: outputs[f"final-{c}"].n_trees for c in LABELS}, "workers": len(workers),
+            "bitwise_deterministic_across_worker_counts": False,
+        }
+        threads = min(ctx.cluster.threads) if ctx.cluster.threads else 1
+        for o in outputs.values():
+            o.nthread = threads
+        return TrainingResult(
+            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
+            excluded=dict(ctx.excluded), folds=ctx.folds,
+            details={"workers": sorted(workers), "collective_timeout_s": int(setting("collective-timeout"))},
+        )
+
+    def _run_fits(self, ctx: TrainContext, specs: list[FitSpec], outputs: dict[str, FitOutput], *,
+                  fit_genes: Sequence[str], valid_genes: Sequence[str], eval_genes: Sequence[str], what: str) -> None:
+        """Fit ``specs`` (the three classes of one gene split) on data persisted once for all three."""
+        journal = ctx.journal
+        digests = {s.key: ctx.spec_digest(s, extra={"strategy": self.name}) for s in specs}
+        todo = []
+        for s in specs:
+            done = journal.get(s.key, digests[s.key]) if journal is not None else None
+            if done is not None:
+                outputs[s.key] = done
+                log.info("%s %s: reused from the journal (%d trees)", what, s.key, done.n_trees)
+            else:
+                todo.append(s)
+        if not todo:
+            return
+        client, ds, feats = ctx.client, ctx.dataset, ctx.features
+
+        def persisted(genes: Sequence[str]) -> tuple[da.Array, da.Array] | None:
+            if not genes:
+                return None
+            x, y = gene_arrays(ds, gene_partitions(ctx.index, genes), feats)
+            x, y = client.persist([x, y])
+            return x, y
+
+        def load() -> tuple[Any, Any, Any]:
+            data = persisted(fit_genes), persisted(valid_genes), persisted(eval_genes)
+            from distributed import wait
+
+            wait([a for pair in data if pair is not None for a in pair])
+            return data
+
+        t0 = time.perf_counter()
+        train, valid, train_eval = guarded(client, f"{what} (reading rows)", load)
+        log.info("%s: %s rows persisted on the workers in %.1f s", what, f"{int(train[0].shape[0]):,}",
+                 time.perf_counter() - t0)
+        try:
+            for s in todo:
+                out = guarded(client, f"{s.key} ({LABELS[s.cls]})", lambda s=s: fit_dask_binary(
+                    client, train[0], train[1], s.cls, s.params, s.n_estimators, valid=valid,
+                    train_eval=train_eval, early_stopping_rounds=s.early_stopping_rounds))
+                outputs[s.key] = out
+                if journal is not None:
+                    journal.put(s.key, digests[s.key], out)
+                log.info("%s %s (%s): %d trees, %s rows, %.1f s", what, s.key, LABELS[s.cls], out.n_trees,
+                         f"{out.rows:,}", out.seconds)
+        finally:
+            del train, valid, train_eval  # release the persisted blocks before the next split
+
+    def _predict_oof(self, ctx: TrainContext, outputs: dict[str, FitOutput]) -> pd.DataFrame:
+        """Margins of each fold's boosters for its test genes, one task per test partition."""
+        client = ctx.client
+        futures, folds = [], []
+        for fp in ctx.fold_plans:
+            fits = [outputs[f"cv-f{fp.fold}-{c}"] for c in LABELS]
+            fits_future = client.scatter(fits, hash=False)
+            for i, (gs, _) in enumerate(gene_partitions(ctx.index, fp.test)):
+                futures.append(client.submit(run_predict, ctx.dataset, ctx.features, gs, fits_future,
+                                             key=f"metadask-dxgb-oof-f{fp.fold}-{i}-{id(ctx)}", retries=2))
+                folds.append(fp.fold)
+        parts = client.gather(futures)
+        return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)

@@ -1,0 +1,314 @@
+"""``incremental``: SGD logistic models streamed over gene-aligned partitions.
+
+For data that no batch can hold: no task ever holds more than one partition (a group of
+whole genes sharing files, at most ``metadask.incremental.partition-rows`` rows).
+
+1. **Streaming standardisation.** One pass of per-partition tasks returns, per CV fold of
+   the partition's genes, the per-feature count, mean and sum of squared deviations of the
+   non-missing values; the client merges them (Chan's parallel formulas) into each fold's
+   training-gene statistics and the all-gene statistics. Missing values become 0 (the mean)
+   after standardising.
+2. **SGD chains.** ``SGDClassifier(loss="log_loss")`` with ``classes=[0, 1, 2]`` is three
+   independent one-vs-rest binary logistic models (scikit-learn's OvR), each updated with
+   ``partial_fit`` on one partition per task. Each CV fold's model and the final model walk
+   their partitions in a seeded order, reshuffled every epoch; a chain is a sequence of Dask
+   futures, each task reading its own partition, so the chains of different folds run in
+   parallel on different workers.
+3. **Model selection.** After every epoch, each fold's model is scored on the fold's
+   validation genes and a held-in sample of its fit genes (per-class log loss, the
+   ``histories``). Each class keeps the epoch with the lowest validation loss; the final
+   model (all genes) takes, per class, its coefficients after the mean best epoch of the CV
+   fits, as ``single`` does with boosting rounds. Out-of-fold margins come from each fold's
+   selected model on its test genes.
+
+Why not ``dask_ml.wrappers.Incremental``: it works with dask 2026.8 / scikit-learn 1.9, but
+its graph (``dask_ml._partial.fit``) makes every block a root task feeding a sequential chain
+of ``partial_fit`` tasks, so idle workers read blocks far ahead of the chain: with 24 blocks
+on 2 workers, 20 were held in memory at once. Reading each partition inside its
+``partial_fit`` task bounds memory by one partition per task, as the architecture requires.
+
+Settings (``dask.config``, defaults in this module): ``metadask.incremental.epochs`` (5),
+``metadask.incremental.alpha`` (1e-4, L2 penalty), ``metadask.incremental.partition-rows``
+(200,000). The boosting options (``n_estimators``, ``learning_rate``, ``max_depth``, ...)
+do not apply; results are identical for any number of workers (every chain is sequential
+and seeded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+
+from metadask.dataset.schema import LABELS
+from metadask.dataset.source import Dataset
+from metadask.errors import option_error
+from metadask.models.boosted import FitOutput
+from metadask.models.linear import LinearModel, standardise
+from metadask.results import TrainingResult
+from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.strategies.distributed import gene_partitions
+from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows, worker_threads
+
+log = logging.getLogger("metadask")
+
+_DEFAULTS = {"epochs": 5, "alpha": 1e-4, "partition-rows": 200_000, "average": False,
+             "learning-rate": "optimal", "eta0": 0.01}
+_CLASSES = np.arange(len(LABELS))
+
+
+def setting(key: str) -> Any:
+    """A ``metadask.incremental.<key>`` value from dask.config (defaults in this module)."""
+    return dask.config.get(f"metadask.incremental.{key}", _DEFAULTS[key])
+
+
+# -- streaming standardisation ----------------------------------------------------------
+
+@dataclass
+class Moments:
+    """Per-feature count, mean and sum of squared deviations of the non-missing values."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, n_features: int) -> Moments:
+        z = np.zeros(n_features, dtype=np.float64)
+        return cls(z.copy(), z.copy(), z.copy())
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        x = np.asarray(x, dtype=np.float64)
+        ok = ~np.isnan(x)
+        n = ok.sum(axis=0).astype(np.float64)
+        total = np.where(ok, x, 0.0).sum(axis=0)
+        mean = np.divide(total, n, out=np.zeros_like(total), where=n > 0)
+        m2 = np.where(ok, (x - mean) ** 2, 0.0).sum(axis=0)
+        return cls(n, mean, m2)
+
+    def merge(self, other: Moments) -> Moments:
+        """Chan et al.'s pairwise update: exact and numerically stable."""
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        w = np.divide(other.n, n, out=np.zeros_like(n), where=n > 0)
+        mean = self.mean + delta * w
+        m2 = self.m2 + other.m2 + delta**2 * self.n * w
+        return Moments(n, mean, m2)
+
+    def standardisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale); constant or never-observed features get scale 1."""
+        var = np.divide(self.m2, self.n, out=np.zeros_like(self.m2), where=self.n > 0)
+        scale = np.sqrt(var)
+        scale[~(scale > 1e-12)] = 1.0
+        return self.mean.copy(), scale
+
+
+def _partition_moments(dataset: Dataset, gs: GeneSet, features: Sequence[str], folds: dict[str, int]) -> dict[int, Moments]:
+    """Moments of one partition's rows, per CV fold of their genes."""
+    x, _, meta = read_rows(dataset, gs, features)
+    genes = meta[dataset.gene_column].astype(str).to_numpy()
+    fold_of_row = pd.Series(genes).map(folds).to_numpy()
+    return {int(f): Moments.of(x[fold_of_row == f]) for f in np.unique(fold_of_row)}
+
+
+# -- SGD chains ----------------------------------------------------------------------
+
+@dataclass
+class Chain:
+    """The state a chain of ``partial_fit`` tasks passes along: the model and its costs."""
+
+    sgd: Any
+    mean: np.ndarray
+    scale: np.ndarray
+    seconds: float = 0.0
+    rows: int = 0
+    nthread: int = 1
+    history: list[float] = field(default_factory=list)
+
+    def linear(self, features: Sequence[str]) -> LinearModel:
+        return LinearModel(self.sgd.coef_, self.sgd.intercept_, self.mean, self.scale, features)
+
+
+def _sgd_step(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> Chain:
+    """Read one partition and take one ``partial_fit`` pass over it (runs on a worker)."""
+    import copy
+
+    t0 = time.perf_counter()
+    x, y, _ = read_rows(dataset, gs, features)
+    out = copy.copy(chain)
+    out.sgd = copy.deepcopy(chain.sgd)  # never mutate an input (a retried task must start from the same state)
+    out.sgd.partial_fit(standardise(x, chain.mean, chain.scale), y.astype(np.int64), classes=_CLASSES)
+    out.seconds = chain.seconds + time.perf_counter() - t0
+    out.rows = chain.rows + len(y)
+    out.nthread = worker_threads()
+    return out
+
+
+def _sgd_loss(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Summed per-class binary log loss of the chain's model on one partition."""
+    x, y, _ = read_rows(dataset, gs, features)
+    margins = chain.linear(features).predict_margin(x)
+    sign = np.where(y[:, None] == _CLASSES[None, :], 1.0, -1.0)
+    return np.logaddexp(0.0, -sign * margins).sum(axis=0), len(y)
+
+
+def _linear_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, model: LinearModel) -> pd.DataFrame:
+    x, y, meta = read_rows(dataset, gs, features)
+    return margins_frame(meta, y, model.predict_margin(x), dataset.gene_column)
+
+
+def _new_chain(seed: int, mean: np.ndarray, scale: np.ndarray) -> Chain:
+    from sklearn.linear_model import SGDClassifier
+
+    sgd = SGDClassifier(loss="log_loss", penalty="l2", alpha=float(setting("alpha")), random_state=seed, n_jobs=1,
+                        average=setting("average"), learning_rate=setting("learning-rate"),
+                        eta0=float(setting("eta0")))
+    return Chain(sgd, mean, scale)
+
+
+# -- the strategy -------------------------------------------------------------------------
+
+class IncrementalStrategy(Strategy):
+    """SGD logistic models streamed over gene-aligned partitions (see the module docstring)."""
+
+    name = "incremental"
+    label = "Incremental SGD (dask-ml)"
+
+    def describe(self, ctx: TrainContext) -> str:
+        return f"{self.label}, {int(setting('epochs'))} epochs"
+
+    def fit(self, ctx: TrainContext) -> TrainingResult:
+        cfg, client, ds, feats = ctx.config, ctx.client, ctx.dataset, list(ctx.features)
+        epochs = int(setting("epochs"))
+        max_rows = int(setting("partition-rows"))
+        if epochs < 1:
+            raise option_error("metadask.incremental.epochs", "must be >= 1", epochs, "Set it with dask.config or DASK_METADASK__INCREMENTAL__EPOCHS.")
+        log.info("Incremental SGD: %d epochs, alpha %g, partitions of <= %s rows; the boosting options "
+                 "(n_estimators, learning_rate, max_depth, ...) do not apply to it", epochs,
+                 float(setting("alpha")), f"{max_rows:,}")
+        t0 = time.perf_counter()
+        stats = self._standardisation(ctx, max_rows)
+        log.info("Standardisation statistics from one pass over %d genes in %.1f s", ctx.index.n_genes,
+                 time.perf_counter() - t0)
+
+        # every chain: (name, fit genes, stats key, validation genes, held-in eval genes)
+        chains: list[tuple[str, Sequence[str], int | None, Sequence[str], Sequence[str]]] = [
+            (f"f{fp.fold}", fp.fit, fp.fold, fp.valid, fp.train_eval) for fp in ctx.fold_plans
+        ]
+        chains.append(("final", ctx.index.genes, None, (), ()))
+        snapshots: dict[str, list[Any]] = {}
+        losses: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+        for i, (name, fit_genes, fold, valid, held_in) in enumerate(chains):
+            parts = gene_partitions(ctx.index, fit_genes, max_rows)
+            mean, scale = stats[fold]
+            state: Any = _new_chain(cfg.seed, mean, scale)
+            snapshots[name], losses[name] = [], {"valid": [], "train": []}
+            for e in range(epochs):
+                order = np.random.default_rng([cfg.seed, i, e]).permutation(len(parts))
+                for j in order:
+                    state = client.submit(_sgd_step, state, ds, parts[j][0], feats, pure=False, retries=2,
+                                          priority=-e)
+                snapshots[name].append(state)
+                for what, genes in (("valid", valid), ("train", held_in)):
+                    if genes:
+                        losses[name][what].append(tuple(
+                            client.submit(_sgd_loss, state, ds, gs, feats, pure=False, retries=2, priority=-e)
+                            for gs, _ in gene_partitions(ctx.index, genes, max_rows)))
+        log.info("Submitted %d SGD chains x %d epochs", len(chains), epochs)
+        snaps: dict[str, list[Chain]] = client.gather(snapshots)
+        loss_parts = client.gather(losses)
+        log.info("SGD chains done in %.1f s", time.perf_counter() - t0)
+
+        specs, outputs, histories, fold_models = [], {}, {}, {}
+        best: dict[int, list[int]] = {k: [] for k in range(len(LABELS))}
+        for fp in ctx.fold_plans:
+            name = f"f{fp.fold}"
+            curves = {w: _curves(loss_parts[name][w]) for w in ("valid", "train")}
+            coef, intercept = [], []
+            for k, c in enumerate(LABELS):
+                b = int(np.argmin(curves["valid"][:, k]))
+                best[k].append(b)
+                coef.append(snaps[name][b].sgd.coef_[k])
+                intercept.append(snaps[name][b].sgd.intercept_[k])
+                key = f"cv-f{fp.fold}-{c}"
+                histories[key] = {w: [float(v) for v in curves[w][:, k]] for w in ("train", "valid") if len(curves[w])}
+                specs.append(FitSpec(key=key, scope="cv", cls=k, fold=fp.fold, fit=ctx.gene_set(fp.fit),
+                                     valid=ctx.gene_set(fp.valid), eval_genes=fp.train_eval, n_estimators=epochs,
+                                     early_stopping_rounds=0))
+                outputs[key] = _fit_output(snaps[name][b], b, fp.fold)
+            fold_models[fp.fold] = LinearModel(np.array(coef), np.array(intercept), *stats[fp.fold], feats)
+        coef, intercept, chosen = [], [], {}
+        for k, c in enumerate(LABELS):
+            e = max(1, int(round(float(np.mean(best[k]) + 1)))) - 1
+            chosen[c] = e + 1
+            coef.append(snaps["final"][e].sgd.coef_[k])
+            intercept.append(snaps["final"][e].sgd.intercept_[k])
+            key = f"final-{c}"
+            specs.append(FitSpec(key=key, scope="final", cls=k, fit=ctx.gene_set(ctx.index.genes), valid=None,
+                                 eval_genes=(), n_estimators=e + 1, early_stopping_rounds=0))
+            outputs[key] = _fit_output(snaps["final"][e], e, None)
+        model = LinearModel(np.array(coef), np.array(intercept), *stats[None], feats)
+        model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
+                      "epochs": chosen, "max_epochs": epochs, "alpha": float(setting("alpha"))}
+        oof = self._predict_oof(ctx, fold_models, max_rows)
+        return TrainingResult(
+            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            histories=histories, features=feats, excluded=dict(ctx.excluded), folds=ctx.folds,
+            details={"epochs": epochs, "alpha": float(setting("alpha")), "final_epochs": chosen,
+                     "partition_rows": max_rows, "history_unit": "epoch"},
+        )
+
+    def _standardisation(self, ctx: TrainContext, max_rows: int) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+        """Per fold (its training genes) and for all genes (key None): (mean, scale)."""
+        folds = {str(g): int(f) for g, f in ctx.folds.items()}
+        futures = []
+        for gs, _ in gene_partitions(ctx.index, ctx.index.genes, max_rows):
+            sub = {g: folds[g] for g in gs.genes}
+            futures.append(ctx.client.submit(_partition_moments, ctx.dataset, gs, ctx.features, sub, pure=False, retries=2))
+        per_fold: dict[int, Moments] = {}
+        for part in ctx.client.gather(futures):
+            for f, m in part.items():
+                per_fold[f] = per_fold[f].merge(m) if f in per_fold else m
+        n = len(ctx.features)
+        out: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        for fp in ctx.fold_plans:
+            m = Moments.empty(n)
+            for f, part in sorted(per_fold.items()):
+                if f != fp.fold:
+                    m = m.merge(part)
+            out[fp.fold] = m.standardisation()
+        m = Moments.empty(n)
+        for _, part in sorted(per_fold.items()):
+            m = m.merge(part)
+        out[None] = m.standardisation()
+        return out
+
+    def _predict_oof(self, ctx: TrainContext, models: dict[int, LinearModel], max_rows: int) -> pd.DataFrame:
+        futures, folds = [], []
+        for fp in ctx.fold_plans:
+            model = ctx.client.scatter(models[fp.fold], hash=False)
+            for gs, _ in gene_partitions(ctx.index, fp.test, max_rows):
+                futures.append(ctx.client.submit(_linear_predict, ctx.dataset, ctx.features, gs, model, pure=False, retries=2))
+                folds.append(fp.fold)
+        parts = ctx.client.gather(futures)
+        return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)
+
+
+def _curves(parts: list[tuple[tuple[np.ndarray, int], ...]]) -> np.ndarray:
+    """Per epoch, the mean per-class log loss over the partitions of a gene set (epochs x 3)."""
+    if not parts:
+        return np.zeros((0, len(LABELS)))
+    return np.array([sum(s for s, _ in epoch) / max(1, sum(n for _, n in epoch)) for epoch in parts])
+
+
+def _fit_output(chain: Chain, best: int, fold: int | None) -> FitOutput:
+    # one chain fits the three classes together: its time is split evenly between them
+    return FitOutput(booster=b"", best_iteration=best, n_trees=best + 1, seconds=chain.seconds / len(LABELS),
+                     rows=chain.rows // max(1, best + 1), nthread=chain.nthread)
