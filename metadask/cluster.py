@@ -253,6 +253,9 @@ def check_workers(client: Client) -> dict[str, dict[str, Any]]:
     bad: dict[str, str] = {}
     versions: dict[str, dict[str, Any]] = {}
     for worker, found in sorted(results.items()):
+        if isinstance(found, OSError):  # the worker left (or is leaving): nothing of it to check
+            log.warning("Worker %s did not answer the version check (%s); it is not checked", worker, found)
+            continue
         if isinstance(found, BaseException):
             bad[worker] = f"the version probe failed ({type(found).__name__}: {found})"
             continue

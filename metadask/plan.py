@@ -233,7 +233,8 @@ def choose_strategy(
     fit_rows = rows_within(budget, n_features, file_rows=file_rows, **hyper) - biggest_gene
     by_memory = int(fit_rows // mean_rows)
     genes_per_batch = max(2, min(max_genes_per_batch, by_memory, index.n_genes))
-    limit = "--max-genes-per-batch" if genes_per_batch == max_genes_per_batch and by_memory > max_genes_per_batch else "memory"
+    caps = {"memory": by_memory, "--max-genes-per-batch": max_genes_per_batch, "the number of genes": index.n_genes}
+    limit = min(caps, key=lambda k: caps[k])
     batch_text = f"batches of {genes_per_batch} genes (capped by {limit}; ~{format_bytes(task_peak_bytes(int(genes_per_batch * mean_rows), n_features, file_rows=file_rows, **hyper))} per fit)"
     if by_memory < 2:
         batch_text += (f"; even 2-gene batches exceed the {format_bytes(budget)} task budget: give workers more memory "

@@ -98,8 +98,6 @@ def _screen(dataset: Dataset, index, config: TrainConfig, client, out: Path):
     screening.write(out)
     log.info("Screening: %d features used, %d excluded (%.1f s)", len(screening.features), len(screening.excluded),
              time.perf_counter() - t0)
-    for w in screening.warnings:
-        log.warning("Screening: %s", w)
     return screening
 
 
@@ -136,6 +134,10 @@ def train(
         The final model, out-of-fold predictions, per-fold metrics and run details.
     """
     config = TrainConfig.from_options(**options)
+    if config.exclude_features:
+        from metadask.screening import parse_exclude_option
+
+        parse_exclude_option(config.exclude_features)  # a missing exclusion file fails before any work
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     ds = open_dataset(dataset, storage_options=config.storage_options, label_column=config.label_column,

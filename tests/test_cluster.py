@@ -200,7 +200,13 @@ def test_performance_report_works_with_a_client_that_is_not_the_default(cluster,
 
 
 def test_local_sizing_options_given_with_a_remote_scheduler_are_reported_not_dropped(cluster, caplog):
-    with caplog.at_level("WARNING", logger="metadask.cluster"):
+    import logging
+
+    logger = logging.getLogger("metadask.cluster")
+    logger.addHandler(caplog.handler)  # the CLI's setup_logging stops propagation at "metadask"
+    try:
         with connect(scheduler=cluster.scheduler_address, n_workers=8, memory_limit="2GB", connect_timeout=10) as c:
             assert describe(c).n_workers == 2
+    finally:
+        logger.removeHandler(caplog.handler)
     assert f"--n-workers, --memory-limit apply only to a local cluster; ignored with the scheduler at {cluster.scheduler_address}" in caplog.text

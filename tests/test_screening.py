@@ -336,3 +336,21 @@ def test_screening_logs_the_sample_and_a_one_line_summary(tiny_dataset, caplog):
     assert any("sample of 40 of 40 genes" in m for m in messages)  # at least 50 genes, or all
     assert any("features used;" in m and "leakage 2" in m for m in messages)
     assert any(m.startswith("Screening is_annotated_site: excluded - leakage") for m in messages)
+
+
+def test_column_statistics_match_scipy_pearson_and_spearman_with_ties_and_missing_values():
+    from scipy import stats
+
+    from metadask.screening.rules import column_stats, leakage_targets
+
+    rng = np.random.default_rng(3)
+    codes = rng.choice(3, size=5000, p=[0.8, 0.1, 0.1])
+    counts = rng.poisson(2 + 2 * (codes == 1)).astype(np.float32)  # integer ties: the bincount path
+    counts[rng.uniform(size=5000) < 0.1] = np.nan
+    scores = (rng.normal(size=5000) + (codes == 2)).astype(np.float32)  # continuous: the sort path
+    for x, target in ((counts, codes == 1), (scores, codes == 2)):
+        st = column_stats(x, leakage_targets(codes))
+        ok = ~np.isnan(x)
+        assert st.pearson == pytest.approx(stats.pearsonr(x[ok], target[ok]).statistic, rel=1e-6)
+        assert st.spearman == pytest.approx(stats.spearmanr(x[ok], target[ok]).statistic, rel=1e-6)
+        assert st.missing_rate == pytest.approx(1 - ok.mean())

@@ -46,19 +46,14 @@ def _ap(truth: np.ndarray, score: np.ndarray) -> float:
     return float(average_precision_score(truth, score)) if truth.any() and not truth.all() else float("nan")
 
 
-def permutation_task(parts: Sequence[Any], model: Any, columns: Sequence[int], n_repeats: int, max_rows: int,
+def permutation_task(parts: Sequence[dict[str, np.ndarray]], model: Any, columns: Sequence[int], n_repeats: int,
                      seed: int) -> list[dict[str, Any]]:
     """On a worker: AP drop per class for each of ``columns`` (shuffled ``n_repeats`` times)."""
     from metadask.analysis.shap import _limit_threads
 
-    x = np.concatenate([p.x for p in parts])
-    y = np.concatenate([p.y for p in parts])
-    margin = np.concatenate([p.margin for p in parts])
-    rng = np.random.default_rng(seed)
-    if len(y) > max_rows:
-        keep = np.sort(rng.choice(len(y), size=max_rows, replace=False))
-        x, y, margin = x[keep], y[keep], margin[keep]
-    x = np.array(x, dtype=np.float32, copy=True)
+    x = np.concatenate([p["x"] for p in parts]).astype(np.float32, copy=True)
+    y = np.concatenate([p["y"] for p in parts])
+    margin = np.concatenate([p["margin"] for p in parts])
     base = [_ap(y == k, margin[:, k]) for k in range(len(LABELS))]
     out = []
     with _limit_threads():
@@ -83,9 +78,13 @@ def permutation_importance(client: Any, sample: Any, columns: Sequence[int], *, 
     columns = list(columns)
     if not columns or not sample.parts:
         return pd.DataFrame(columns=["feature", "cls", "baseline_ap", "perm_ap_drop_insample", "perm_ap_drop_std", "rows"])
+    from metadask.analysis.shap import part_rows
+
+    # a light, subsampled copy of each partition (made where it lives): tasks move x only, never SHAP values
+    fraction = min(1.0, max_rows / max(sample.plan.n_rows, 1))
+    light = [client.submit(part_rows, p, fraction, seed, pure=False) for p in sample.parts]
     chunks = [c.tolist() for c in np.array_split(np.asarray(columns), max(1, min(n_tasks, len(columns)))) if len(c)]
-    futures = [client.submit(permutation_task, sample.parts, sample.model, chunk, n_repeats, max_rows, seed, pure=False)
-               for chunk in chunks]
+    futures = [client.submit(permutation_task, light, sample.model, chunk, n_repeats, seed, pure=False) for chunk in chunks]
     rows = [r for part in client.gather(futures) for r in part]
     df = pd.DataFrame(rows)
     df.insert(0, "feature", [sample.features[j] for j in df.pop("feature_index")])

@@ -155,14 +155,18 @@ def reliability_table(truth: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.
     })
 
 
-def expected_calibration_error(truth: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: sum over equal-width bins of (bin share of rows) * |mean prediction - observed frequency|."""
-    t = reliability_table(truth, p, n_bins)
+def ece_from_table(t: pd.DataFrame) -> float:
+    """ECE of a :func:`reliability_table`: sum of (bin share of rows) * |mean prediction - observed|."""
     n = t["count"].sum()
     if n == 0:
         return float("nan")
     used = t[t["count"] > 0]
     return float((used["count"] / n * (used["mean_predicted"] - used["observed_frequency"]).abs()).sum())
+
+
+def expected_calibration_error(truth: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: sum over equal-width bins of (bin share of rows) * |mean prediction - observed frequency|."""
+    return ece_from_table(reliability_table(truth, p, n_bins))
 
 
 def top_label_ece(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:

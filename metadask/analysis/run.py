@@ -6,11 +6,13 @@ interface) and the context's dataset / gene index / client, never strategy inter
 Steps (one log line each, with its time):
 
 1. evaluation: ``meta_evaluation_summary.json``, ``base_vs_meta_performance.tsv``, ``ensemble_cv_results.csv``
-2. performance plots: ``performance_plots/``
-3. sample + SHAP on the workers: ``shap_analysis/``
-4. feature importance (gain / SHAP / permutation): ``feature_importance_analysis/``
-5. overfitting: ``overfitting_analysis/``
-6. ``report.html``
+2. sample: the SHAP / permutation sample's tasks are submitted (they run on the workers while
+   the client renders steps 3 and 4)
+3. performance plots: ``performance_plots/``
+4. overfitting: ``overfitting_analysis/``
+5. SHAP: gathered from the workers, ``shap_analysis/``
+6. feature importance (gain / SHAP / permutation on the workers): ``feature_importance_analysis/``
+7. ``report.html``
 
 ``--skip-plots`` writes no PNG / PDF (CSV / JSON still are); ``--skip-shap`` writes no
 ``shap_analysis/``; each leaves a note in the summary. A step that fails is logged with its
@@ -29,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from metadask.analysis.metrics import PROB_COLUMNS, RAW_COLUMNS, base_proba, confusion, curve_data, meta_proba, reliability_table
+from metadask.analysis.metrics import (
+    RAW_COLUMNS,
+    base_proba,
+    confusion,
+    curve_data,
+    ece_from_table,
+    meta_proba,
+    reliability_table,
+)
 from metadask.dataset.schema import LABELS
 from metadask.results import TrainingResult
 
@@ -92,18 +102,12 @@ def performance_plots(out: Path, result: TrainingResult, per_gene: Any) -> list[
     if all(c in oof for c in RAW_COLUMNS):
         stages = {"before": oof[list(RAW_COLUMNS)].to_numpy(dtype=np.float64), **stages}
     tables = {s: {c: reliability_table(y == k, p[:, k]) for k, c in enumerate(LABELS)} for s, p in stages.items()}
-    ece = {s: {c: _ece(t) for c, t in by.items()} for s, by in tables.items()}
+    ece = {s: {c: ece_from_table(t) for c, t in by.items()} for s, by in tables.items()}
     paths += P.save_figure(P.calibration_figure(tables, ece), d / "calibration_curves")
     cms = {"base": confusion(y, base.argmax(axis=1)), "meta": confusion(y, meta.argmax(axis=1))}
     paths += P.save_figure(P.confusion_figure(cms), d / "confusion_matrices")
     paths += P.save_figure(P.gene_f1_figure(per_gene), d / "gene_f1_base_vs_meta")
     return paths
-
-
-def _ece(t: Any) -> float:
-    n = t["count"].sum()
-    u = t[t["count"] > 0]
-    return float((u["count"] / n * (u["mean_predicted"] - u["observed_frequency"]).abs()).sum()) if n else float("nan")
 
 
 def _n_parts(ctx: Any, rows: int) -> int:
@@ -160,16 +164,20 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) 
             "base_vs_meta_performance.tsv - Per-gene base vs meta TP/FP/FN, F1, top-k accuracy and differences",
             "ensemble_cv_results.csv - Per-fold generalisation on held-out genes (ensemble CV, or the strategy's gene CV)",
         ]
-    if plots and per_gene is not None and steps.run("performance plots", lambda: performance_plots(out, result, per_gene)):
-        artifacts.append("performance_plots/ - ROC / PR curves base vs meta (binary and per class), reliability curves, confusion matrices")
-
-    # the sample lives on the workers; SHAP and permutation importance both use it
+    # the sample lives on the workers (SHAP and permutation importance both use it); its tasks are
+    # submitted first so that the workers compute while the client renders the performance plots
     rows = int(cfg.shap_sample)
     sample = steps.run("sample", lambda: shap_mod.draw_sample(
         ctx.client, ctx.dataset, ctx.index, result.features, result.model, n_rows=rows, seed=cfg.seed,
         n_parts=_n_parts(ctx, rows), contributions=not cfg.skip_shap))
-    shap_result = None
+    shap_result = imp_table = ovf = None
     try:
+        if plots and per_gene is not None and steps.run("performance plots", lambda: performance_plots(out, result, per_gene)):
+            artifacts.append("performance_plots/ - ROC / PR curves base vs meta (binary and per class), reliability curves, "
+                             "confusion matrices")
+        ovf = steps.run("overfitting", lambda: overfitting.write_overfitting(out, result, cfg.n_estimators, plots=plots))
+        if ovf:
+            artifacts.append("overfitting_analysis/ - train vs validation loss per fit, best iteration, gap, recommended n_estimators")
         if sample is not None and not cfg.skip_shap:
             shap_result = steps.run("shap", lambda: shap_mod.compute_shap(ctx.client, sample))
             if shap_result is not None and steps.run("shap files", lambda: shap_mod.write_shap(out, shap_result, plots=plots)):
@@ -183,10 +191,6 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) 
     if imp_table is not None and steps.run("importance files", lambda: importance.write_importance(out, imp_table, plots=plots)):
         artifacts.append("feature_importance_analysis/ - gain / weight / cover, SHAP rank, permutation importance (in-sample), combined CSV"
                          + (" and comparison plot" if plots else ""))
-    ovf = steps.run("overfitting", lambda: overfitting.write_overfitting(out, result, cfg.n_estimators, plots=plots))
-    if ovf:
-        artifacts.append("overfitting_analysis/ - train vs validation loss per fit, best iteration, gap, recommended n_estimators")
-
     def _report() -> Path:
         return report.write_report(
             out, summary_text=_summary_text(result, ctx, out, notes), evaluation=ev_summary,

@@ -214,6 +214,16 @@ def part_slice(part: SamplePart, columns: Sequence[int]) -> dict[str, np.ndarray
     return out
 
 
+def part_rows(part: SamplePart, fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Features, labels and margins of a seeded ``fraction`` of the partition's rows (no contributions)."""
+    n = len(part.y)
+    keep = np.arange(n)
+    if fraction < 1.0 and n:
+        rng = np.random.default_rng([seed, n])
+        keep = np.sort(rng.choice(n, size=max(1, int(round(n * fraction))), replace=False))
+    return {"x": part.x[keep], "y": part.y[keep], "margin": part.margin[keep]}
+
+
 # -- client side ----------------------------------------------------------------------------------------
 
 @dataclass

@@ -149,8 +149,9 @@ class Dataset:
                 "regenerate it."
             ) from exc
         df = table.to_pandas()
-        for c in lacking:
-            df[c] = np.zeros(len(df), dtype=np.float64)
+        if lacking:
+            zeros = pd.DataFrame(np.zeros((len(df), len(lacking))), columns=lacking, index=df.index)
+            df = pd.concat([df, zeros], axis=1)
         return df[wanted] if columns is not None else df[[c for c in self.schema.columns]]
 
     def read_genes(

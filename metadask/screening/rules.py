@@ -179,17 +179,17 @@ def column_stats(values: np.ndarray, targets: Targets, digest: str | None = None
     nan = float("nan")
     if n == 0 or n_missing == n:
         return ColumnStats(n, 1.0 if n else nan, n_inf, 0, nan, nan, nan, nan, "", digest)
-    observed = x[~missing]
-    _, counts_all = np.unique(observed, return_counts=True) if n_inf else (None, None)
-    v = x[finite].astype(np.float64) if not finite.all() else x.astype(np.float64)
-    t = targets.subset(finite) if not finite.all() else targets
+    n_observed = n - n_missing
+    all_finite = n_inf == 0
+    v = x.astype(np.float64) if all_finite and n_missing == 0 else x[finite].astype(np.float64)
+    t = targets if all_finite and n_missing == 0 else targets.subset(finite)
+    if not all_finite:  # distinct values and top share count the infinities too
+        _, counts_observed = np.unique(x[~missing], return_counts=True)
+        n_distinct, top = len(counts_observed), float(counts_observed.max() / n_observed)
     if len(v) == 0:  # only infinities
-        top = float(counts_all.max() / len(observed))
-        return ColumnStats(n, n_missing / n, n_inf, len(counts_all), len(counts_all) / len(observed), top, nan, nan, "", digest)
+        return ColumnStats(n, n_missing / n, n_inf, n_distinct, n_distinct / n_observed, top, nan, nan, "", digest)
     inverse, counts = _value_counts(v)
-    if n_inf:
-        n_distinct, top = len(counts_all), float(counts_all.max() / len(observed))
-    else:
+    if all_finite:
         n_distinct, top = len(counts), float(counts.max() / len(v))
     pearson, ip = _largest(_correlations(v, t))
     if len(counts) > 1:
@@ -199,7 +199,7 @@ def column_stats(values: np.ndarray, targets: Targets, digest: str | None = None
         spearman, is_ = nan, -1
     best = max(((abs(pearson), ip), (abs(spearman), is_)), key=lambda a: -1 if np.isnan(a[0]) else a[0])
     target = TARGET_NAMES[best[1]] if best[1] >= 0 else ""
-    return ColumnStats(n, n_missing / n, n_inf, n_distinct, n_distinct / len(observed), top,
+    return ColumnStats(n, n_missing / n, n_inf, n_distinct, n_distinct / n_observed, top,
                        pearson, spearman, target, digest)
 
 

@@ -160,7 +160,7 @@ def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | Non
         except TrainingError:
             raise
         except Exception as exc:  # XGBoostError, CommClosedError, ValueError from xgboost.dask, ...
-            gone = lost or (before - _workers(client))
+            gone = lost or _wait_for_loss(client, before, grace if _looks_like_comm_error(exc) else 0.0, poll)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if gone:
                 raise _lost_error(what, gone) from exc
@@ -181,6 +181,28 @@ def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | Non
                 f"Distributed training of {what} did not finish within {float(timeout):.0f} s "
                 "(metadask.distributed.fit-timeout). Raise the limit, or check for a stuck worker."
             )
+
+
+_COMM_WORDS = ("socket", "poll error", "allreduce", "allgather", "broadcast", "collective", "rabit", "tracker",
+               "connection", "commclosed", "invalid worker address", "worker", "timed out", "timeout")
+
+
+def _looks_like_comm_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in _COMM_WORDS)
+
+
+def _wait_for_loss(client: Any, before: set[str], grace: float, poll: float) -> set[str]:
+    """Workers of ``before`` that are gone, waiting up to ``grace`` s for the scheduler to notice.
+
+    A killed worker breaks XGBoost's sockets at once, often before the scheduler has removed it.
+    """
+    deadline = time.perf_counter() + grace
+    while True:
+        gone = before - _workers(client)
+        if gone or time.perf_counter() >= deadline:
+            return gone
+        time.sleep(min(poll, 0.25))
 
 
 def _lost_error(what: str, lost: set[str]) -> TrainingError:
