@@ -6,6 +6,7 @@ on stderr and exit status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -20,7 +21,11 @@ from metadask.log import setup_logging
 log = logging.getLogger("metadask")
 
 
-def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
+def _storage_options(values: tuple[str, ...], url: str = "") -> dict[str, Any]:
+    """``key=value`` pairs as fsspec storage options (``true``/``false`` become booleans).
+
+    For ``s3://`` URLs, ``endpoint_url`` goes into ``client_kwargs`` where s3fs expects it.
+    """
     out: dict[str, Any] = {}
     for item in values:
         if "=" not in item:
@@ -28,13 +33,16 @@ def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         low = value.lower()
         out[key] = True if low == "true" else False if low == "false" else value
-    if "endpoint_url" in out:
+    if "endpoint_url" in out and str(url).startswith(("s3://", "s3a://")):
         out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
     return out
 
 
 def _parse_list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class _Group(click.Group):
@@ -48,6 +56,15 @@ class _Group(click.Group):
                 raise
             click.echo(f"metadask: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # disk full / permissions met by a writer without its own mapping: still one line
+            if exc.errno not in _OUTPUT_ERRNOS or ctx.params.get("debug") or (ctx.obj or {}).get("debug"):
+                raise
+            from metadask.io import output_error
+
+            msg = output_error(exc.filename, exc) if exc.filename else f"{exc.strerror or exc}. Check --out-dir."
+            click.echo(f"metadask: error: {msg}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("metadask: interrupted; finished pieces are kept (rerun with --resume).", err=True)
             ctx.exit(130)
@@ -100,7 +117,7 @@ def inspect(dataset: str, as_json: bool, label_column: str, gene_column: str, st
     from metadask.dataset import build_gene_index, format_inspection, inspect_dataset, open_dataset
 
     setup_logging(verbose)
-    ds = open_dataset(dataset, storage_options=_storage_options(storage), label_column=label_column, gene_column=gene_column)
+    ds = open_dataset(dataset, storage_options=_storage_options(storage, dataset), label_column=label_column, gene_column=gene_column)
     with dask.config.set(scheduler="threads"):
         info = inspect_dataset(ds, build_gene_index(ds))
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
@@ -113,6 +130,14 @@ def _cluster_options(f):
         click.option("--threads-per-worker", type=int, default=None, help="Local cluster: threads per worker (default 1)."),
         click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker (e.g. 4GB)."),
         click.option("--connect-timeout", type=float, default=None, help="Seconds to wait for a remote scheduler."),
+        click.option("--min-workers", type=int, default=None, help="Wait for this many workers before starting."),
+        click.option("--worker-wait-timeout", type=float, default=None, help="Seconds to wait for --min-workers."),
+        click.option("--performance-report", type=click.Path(dir_okay=False), default=None, help="Write Dask's performance report (HTML) here."),
+        click.option("--cluster", "cluster", type=click.Choice(["local", "kubernetes"]), default=None, help="Start a cluster of this kind (default: local unless a scheduler is given)."),
+        click.option("--k8s-image", default=None, help="Kubernetes: worker image."),
+        click.option("--k8s-workers", type=int, default=None, help="Kubernetes: number of workers."),
+        click.option("--k8s-worker-memory", default=None, help="Kubernetes: memory per worker (e.g. 8Gi)."),
+        click.option("--k8s-namespace", default=None, help="Kubernetes: namespace."),
         click.option("--storage-option", "storage", multiple=True, help="fsspec option key=value (repeatable)."),
         click.option("-v", "--verbose", is_flag=True, help="Log detail."),
     ]):
@@ -163,8 +188,12 @@ def train(**kw: Any) -> None:
     from metadask.training import train as run_train
 
     setup_logging(kw.pop("verbose"))
-    cluster = {k: kw.pop(k) for k in ("scheduler", "n_workers", "threads_per_worker", "memory_limit", "connect_timeout")}
-    kw["storage_options"] = _storage_options(kw.pop("storage"))
+    from metadask.cluster import CONNECT_OPTIONS
+
+    cluster = {k: kw.pop(k) for k in CONNECT_OPTIONS if kw.get(k) is not None}
+    for k in CONNECT_OPTIONS:
+        kw.pop(k, None)
+    kw["storage_options"] = _storage_options(kw.pop("storage"), kw["dataset"])
     kw["calibrate_per_class"] = kw.pop("calibrate_per_class")
     kw["analysis"] = not kw.pop("no_analysis")
     kw["exclude_features"] = kw.pop("exclude_features") or ()  # FILE or a,b,c: resolved by screening
@@ -188,7 +217,8 @@ def predict(model_path: str, dataset: str, out: str, overwrite: bool, storage: t
     from metadask.inference import predict_dataset
 
     setup_logging(verbose)
-    n = predict_dataset(model_path, dataset, out, overwrite=overwrite, storage_options=_storage_options(storage), **cluster)
+    cluster = {k: v for k, v in cluster.items() if v is not None}
+    n = predict_dataset(model_path, dataset, out, overwrite=overwrite, storage_options=_storage_options(storage, dataset), **cluster)
     click.echo(f"Wrote {n:,} predictions to {out}")
 
 

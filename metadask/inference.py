@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from metadask.cluster import connect
+from metadask.cluster import CONNECT_OPTIONS, connect
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.dataset.source import open_dataset
-from metadask.errors import OutputError
+from metadask.errors import ConfigError, OutputError
 from metadask.io import atomic_write
 from metadask.models.base import MetaModel
 from metadask.models.bundle import load_model
@@ -47,14 +47,17 @@ def predict_dataset(
     *,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    memory_limit: str | int | None = None,
-    connect_timeout: float | None = None,
     client: Any = None,
+    **cluster_options: Any,
 ) -> int:
-    """Score every row of ``dataset`` on the cluster; write one parquet file. Returns rows written."""
+    """Score every row of ``dataset`` on the cluster; write one parquet file. Returns rows written.
+
+    ``cluster_options`` are those of :func:`metadask.cluster.connect` (``scheduler``,
+    ``n_workers``, ...).
+    """
+    unknown = sorted(set(cluster_options) - set(CONNECT_OPTIONS))
+    if unknown:
+        raise ConfigError(f"Unknown option '{unknown[0]}' for predict. Known: {', '.join(CONNECT_OPTIONS)}.")
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"'{out}' exists. Pass --overwrite to replace it or choose another --out.")
@@ -64,8 +67,7 @@ def predict_dataset(
               if c in ds.schema.columns]
     present = [f for f in m.features if f in ds.schema.columns]
     columns = list(dict.fromkeys(wanted + present + [c for c in BASE_SCORE_COLUMNS if c in ds.schema.columns]))
-    with connect(client=client, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c, c.as_current():
+    with connect(client=client, **cluster_options) as c, c.as_current():
         ddf = ds.to_dask(columns)
         meta = predict_frame(m, ddf._meta.assign(**{f: 0.0 for f in m.features if f not in ddf.columns}), ds.gene_column)
         scored = ddf.map_partitions(_score_partition, m, ds.gene_column, meta=meta)

@@ -14,12 +14,17 @@ import pandas as pd
 from metadask.errors import OutputError
 
 
-def _fail(path: Path, exc: OSError) -> OutputError:
-    if exc.errno == errno.ENOSPC:
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The :class:`OutputError` for an ``OSError`` met while writing ``path`` (disk full, permissions...)."""
+    path = Path(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(f"No space left on the device while writing '{path}'. Free disk space or choose another --out-dir.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"Permission denied writing '{path}'. Choose a writable --out-dir.")
     return OutputError(f"Cannot write '{path}': {exc.strerror or exc}. Check --out-dir.")
+
+
+_fail = output_error
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:

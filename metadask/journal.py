@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from metadask.io import output_error
 from metadask.models.boosted import FitOutput
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,15 @@ def digest(obj: Any) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, permissions: one clear error, no half-written file left
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from None
 
 
 class Journal:

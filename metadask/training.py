@@ -18,7 +18,7 @@ import pandas as pd
 
 from metadask.analysis.metrics import PROB_COLUMNS, fold_metrics
 from metadask.analysis.summary import summary_dict, write_feature_manifest, write_summary
-from metadask.cluster import connect, describe
+from metadask.cluster import CONNECT_OPTIONS, connect, describe
 from metadask.config import TrainConfig, setting
 from metadask.dataset.index import build_gene_index
 from metadask.dataset.memory import format_bytes, matrix_bytes
@@ -106,11 +106,6 @@ def train(
     out_dir: str | Path,
     *,
     client: Any = None,
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    memory_limit: str | int | None = None,
-    connect_timeout: float | None = None,
     **options: Any,
 ) -> TrainingResult:
     """Train a gene-grouped meta-model on Dask and write every artifact to ``out_dir``.
@@ -122,29 +117,35 @@ def train(
         :class:`~metadask.dataset.Dataset`).
     out_dir
         Output directory; must not hold an earlier run unless ``overwrite`` or ``resume``.
-    client, scheduler, n_workers, threads_per_worker, memory_limit, connect_timeout
-        Which cluster to use (see :func:`metadask.cluster.connect`); by default a local
-        cluster sized to the machine is started and shut down afterwards.
+    client
+        A Dask client to use; by default one is resolved by :func:`metadask.cluster.connect`
+        (``scheduler``, ``DASK_SCHEDULER_ADDRESS``, ``cluster="kubernetes"``, an active client,
+        else a local cluster sized to the machine, shut down afterwards).
     **options
-        Any :class:`~metadask.config.TrainConfig` field (``n_folds``, ``n_estimators``, ...).
+        Any :class:`~metadask.config.TrainConfig` field (``n_folds``, ``n_estimators``, ...)
+        and any connection option of :func:`metadask.cluster.connect` (``scheduler``,
+        ``n_workers``, ``threads_per_worker``, ``memory_limit``, ``connect_timeout``,
+        ``min_workers``, ``performance_report``, ``cluster``, ``k8s_*``).
 
     Returns
     -------
     TrainingResult
         The final model, out-of-fold predictions, per-fold metrics and run details.
     """
+    cluster_options = {k: options.pop(k) for k in CONNECT_OPTIONS if k in options}
     config = TrainConfig.from_options(**options)
     if config.exclude_features:
         from metadask.screening import parse_exclude_option
 
         parse_exclude_option(config.exclude_features)  # a missing exclusion file fails before any work
+    if config.strategy != "auto":
+        get_strategy(config.strategy)  # an unknown name fails (listing the known ones) before any work
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     ds = open_dataset(dataset, storage_options=config.storage_options, label_column=config.label_column,
                       gene_column=config.gene_column, metadata_columns=config.metadata_columns)
     out = prepare_out_dir(out_dir, overwrite=config.overwrite, resume=config.resume)
-    with connect(client=client, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                 memory_limit=memory_limit, connect_timeout=connect_timeout) as c, c.as_current():
+    with connect(client=client, **cluster_options) as c, c.as_current():
         spec = describe(c)
         if spec.dashboard:
             log.info("Dask dashboard: %s", spec.dashboard)

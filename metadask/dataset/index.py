@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from metadask.dataset.schema import LABELS, encode_labels
 from metadask.dataset.source import Dataset, gene_keys
+from metadask.dataset.validate import SUMMARY_COLUMNS, check_across_files, check_file, row_check_columns
 from metadask.errors import DatasetError, preview
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ _COUNT_COLUMNS = [f"n_{name}" for name in LABELS]
 
 def _index_file(dataset: Dataset, file_id: int) -> pd.DataFrame:
     file = dataset.files[file_id]
-    df = dataset.read_file(file, [dataset.gene_column, dataset.label_column])
+    checked = row_check_columns(dataset)
+    df = dataset.read_file(file, [dataset.gene_column, dataset.label_column, *checked])
     genes = df[dataset.gene_column]
     if genes.isna().any():
         raise DatasetError(
@@ -45,10 +47,12 @@ def _index_file(dataset: Dataset, file_id: int) -> pd.DataFrame:
     onehot = np.zeros((len(df), 3), dtype=np.int64)
     onehot[np.arange(len(df)), codes] = 1
     counts = pd.DataFrame(onehot, columns=_COUNT_COLUMNS)
-    counts["gene"] = gene_keys(genes)
+    counts["gene"] = keys = gene_keys(genes)
     out = counts.groupby("gene", sort=True).sum()
     out["n_rows"] = out[_COUNT_COLUMNS].sum(axis=1)
     out["file_id"] = file_id
+    # duplicated rows, genes disagreeing on strand / chrom, bad base scores (same read)
+    out = out.join(check_file(df[checked], keys, file, dataset.schema.base_score_columns))
     return out.reset_index()
 
 
@@ -98,8 +102,15 @@ class GeneIndex:
         # the cache usually lives in a run's not-yet-created cache/ folder
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # disk full, permissions: a clear error, no half-written cache
+            from metadask.io import output_error
+
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise output_error(path, exc) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: Sequence | None = None) -> GeneIndex | None:
@@ -138,6 +149,7 @@ def build_gene_index(dataset: Dataset, *, cache: str | os.PathLike | None = None
     per_file = pd.concat(parts, ignore_index=True)
     if per_file.empty:
         raise DatasetError(f"Dataset '{dataset.url}' has no rows. Point --dataset at a non-empty dataset.")
+    check_across_files(dataset, per_file[["gene", "file_id", *(c for c in SUMMARY_COLUMNS if c in per_file)]])
     grouped = per_file.groupby("gene", sort=True)
     table = grouped[[*_COUNT_COLUMNS, "n_rows"]].sum()
     table["files"] = grouped["file_id"].agg(lambda s: tuple(sorted(int(i) for i in s)))

@@ -278,6 +278,9 @@ def open_dataset(
         return dataset
     fs, files, url = _resolve_files(dataset, storage_options)
     footers = [_read_footer(fs, f) for f in files]
+    from metadask.dataset.validate import check_column_names
+
+    check_column_names(footers)  # blank or repeated column names
     schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=metadata_columns)
     return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}))
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from metadask.dataset.schema import LABELS
 from metadask.errors import ModelError
+from metadask.io import output_error
 from metadask.models.base import MetaModel
 from metadask.models.calibration import Calibrator
 
@@ -93,13 +94,17 @@ def save_model(model: MetaModel, path: str | os.PathLike, *, strategy: str, extr
     }
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for name, data in files.items():
-        target = tmp / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        for name, data in files.items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    except OSError as exc:  # disk full, permissions: the previous bundle stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(path, exc) from None
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
