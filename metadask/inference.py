@@ -26,13 +26,26 @@ def predict_frame(model: MetaModel, df: pd.DataFrame, gene_column: str = "gene_i
     """Ids, the three probabilities and the predicted class for a pandas frame."""
     p = model.predict_proba(df)
     out = pd.DataFrame(index=df.index)
-    for c in (gene_column, "position", "transcript_id", "chrom", "strand", "absolute_position"):
+    for c in (gene_column, *_ID_COLUMNS):
         if c in df:
             out[c] = df[c].to_numpy()
     for k, name in enumerate(LABELS):
         out[f"prob_{name}"] = p[:, k]
-    out["predicted_class"] = p.argmax(axis=1)
+    out["predicted_class"] = p.argmax(axis=1).astype("int64")
     out["predicted_label"] = pd.Categorical.from_codes(out["predicted_class"], categories=list(LABELS)).astype(str)
+    return out
+
+
+_ID_COLUMNS = ("position", "transcript_id", "chrom", "strand", "absolute_position")
+
+
+def _empty_prediction_frame(like: pd.DataFrame, gene_column: str) -> pd.DataFrame:
+    cols = {c: like[c] for c in (gene_column, *_ID_COLUMNS) if c in like}
+    out = pd.DataFrame(cols)
+    for name in LABELS:
+        out[f"prob_{name}"] = pd.Series(dtype="float64")
+    out["predicted_class"] = pd.Series(dtype="int64")
+    out["predicted_label"] = pd.Series(dtype=str)
     return out
 
 
@@ -69,7 +82,7 @@ def predict_dataset(
     columns = list(dict.fromkeys(wanted + present + [c for c in BASE_SCORE_COLUMNS if c in ds.schema.columns]))
     with connect(client=client, **cluster_options) as c, c.as_current():
         ddf = ds.to_dask(columns)
-        meta = predict_frame(m, ddf._meta.assign(**{f: 0.0 for f in m.features if f not in ddf.columns}), ds.gene_column)
+        meta = _empty_prediction_frame(ddf._meta, ds.gene_column)
         scored = ddf.map_partitions(_score_partition, m, ds.gene_column, meta=meta)
         result = scored.compute()
     atomic_write(out, lambda tmp: result.to_parquet(tmp, index=False))

@@ -37,7 +37,7 @@ from metadask.errors import TrainingError, preview
 from metadask.models.base import sigmoid
 from metadask.models.boosted import FitOutput, booster_from_bytes
 from metadask.models.calibration import combine
-from metadask.models.ensemble import EnsembleModel, combine_margins, fit_weights, member_margins
+from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.plan import eval_sample, split_validation
 from metadask.results import TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
@@ -98,8 +98,13 @@ def run_ensemble_predict(
     :func:`~metadask.models.ensemble.fit_weights`), renormalised over the members given.
     """
     x, y, meta = read_rows(dataset, gs, features)
-    members = [[booster_from_bytes(f.booster) for f in member] for member in fits]
-    margins = combine_margins(member_margins(members, x, nthread=worker_threads()), fit_weights(fits, method))
+    weights = fit_weights(fits, method)
+    nthread = worker_threads()
+    margins = np.zeros((len(x), len(LABELS)), dtype=np.float64)
+    for j, member in enumerate(fits):  # one member's boosters in memory at a time
+        boosters = [booster_from_bytes(f.booster) for f in member]
+        margins += member_margins([boosters], x, nthread=nthread)[0] * weights[j]
+        del boosters
     return margins_frame(meta, y, margins, dataset.gene_column)
 
 
