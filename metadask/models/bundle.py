@@ -183,7 +183,8 @@ def load_model(path: str | os.PathLike, *, verbose: bool = False) -> MetaModel:
         model = cls.from_files(files, settings, features)
         model.calibrators = [Calibrator.from_dict(c) for c in manifest.get("calibration", [])] or model.calibrators
     except (KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"Cannot rebuild the model in '{root}': {exc}. The bundle is damaged; retrain or restore it.") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # XGBoost appends a native backtrace
+        raise ModelError(f"Cannot rebuild the model in '{root}': {first}. The bundle is damaged; retrain or restore it.") from None
     model.info = dict(manifest.get("info", {}))
     model.strategy = manifest.get("strategy")  # type: ignore[attr-defined]
     model.manifest = manifest  # type: ignore[attr-defined]
