@@ -127,32 +127,29 @@ def plan_folds(index: GeneIndex, folds: pd.Series, *, valid_size: float, seed: i
 # Peak memory of one fit task (a worker process reading a gene set and fitting one booster),
 # calibrated by measurement with ``python -m benchmarks memory_model`` (docs/strategies.md):
 #
-#   peak = TASK_BASE_BYTES                                   worker process + libraries
+#   peak = TASK_BASE_BYTES                                  worker process + libraries
 #        + rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)
-#                                                            float32 matrix, quantised matrix,
-#                                                            validation / eval matrices,
-#                                                            gradients, labels, id frame
-#        + file_rows * n_features * READ_BYTES_PER_VALUE     parquet decoding of the largest
-#                                                            file's share (arrow buffers,
-#                                                            partly kept by its allocator)
-#        + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
-#                                                            XGBoost's per-node histograms
+#                                                           float32 matrix, XGBoost's quantised
+#                                                           matrix, validation / eval matrices,
+#                                                           gradients, labels, id frame
+#        + file_rows * n_features * READ_BYTES_PER_VALUE    parquet decoding of the largest
+#                                                           file's share (arrow buffers, partly
+#                                                           kept by arrow's allocator)
+#        + n_features * BYTES_PER_FEATURE * max_bin / 256   quantile sketches, cuts, histograms
 
-TASK_BASE_BYTES = 300 * 2**20
-"""A worker process with metadask, XGBoost, pandas and pyarrow loaded."""
-BYTES_PER_VALUE = 6.0
-"""Per feature value: float32 matrix (4), XGBoost's uint8 bins (1), eval copies and slack."""
-BYTES_PER_ROW = 150.0
+# Least-squares fit (relative error) to 18 measured fit tasks: 40k-340k rows, 130-1,300
+# features, 10-400 genes per file; worst error 19 % (xgboost 3.2, pyarrow's default mimalloc
+# pool on the workers). Recalibrate with ``python -m benchmarks memory_model --fit``.
+TASK_BASE_BYTES = 342 * 2**20
+"""A worker process with metadask, XGBoost, pandas and pyarrow loaded (an idle worker: ~230 MiB)."""
+BYTES_PER_VALUE = 5.25
+"""Per feature value: float32 matrix (4), XGBoost's uint8 bins (1), validation / eval copies."""
+BYTES_PER_ROW = 130.0
 """Per row: labels, gradients, predictions, row partitions and the id / label frame."""
-READ_BYTES_PER_VALUE = 8.0
+READ_BYTES_PER_VALUE = 13.6
 """Per feature value of the rows read from one file: arrow's decoded float64 columns and buffers."""
-HIST_BYTES_PER_BIN = 16.0
-"""Per histogram bin of a tree node: a gradient pair in double precision."""
-
-
-def hist_nodes(max_depth: int = 6) -> int:
-    """Tree nodes whose histograms XGBoost may keep at once (every node of a full tree)."""
-    return 2 ** (int(max_depth) + 1) - 1
+BYTES_PER_FEATURE = 137_000.0
+"""Per feature, whatever the rows: quantile sketches and cuts, histogram buffers (at 256 bins)."""
 
 
 def max_file_rows(index: GeneIndex) -> int:
@@ -164,24 +161,24 @@ def max_file_rows(index: GeneIndex) -> int:
     return max(per_file.values(), default=0)
 
 
-def task_peak_bytes(rows: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256,
-                    max_depth: int = 6) -> int:
+def _fixed_bytes(n_features: int, max_bin: int) -> float:
+    return TASK_BASE_BYTES + n_features * BYTES_PER_FEATURE * max_bin / 256
+
+
+def task_peak_bytes(rows: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256) -> int:
     """Estimated peak memory of one fit task on ``rows`` rows (see docs/strategies.md).
 
     ``file_rows``: the most rows the task reads from one file (default: all of them, the
     worst case of a single file).
     """
     read = rows if file_rows is None else min(rows, file_rows)
-    return int(
-        TASK_BASE_BYTES + rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)
-        + read * n_features * READ_BYTES_PER_VALUE + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
-    )
+    return int(_fixed_bytes(n_features, max_bin) + rows * (n_features * BYTES_PER_VALUE + BYTES_PER_ROW)
+               + read * n_features * READ_BYTES_PER_VALUE)
 
 
-def rows_within(budget: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256,
-                max_depth: int = 6) -> int:
+def rows_within(budget: int, n_features: int, *, file_rows: int | None = None, max_bin: int = 256) -> int:
     """Most rows one fit task can take within ``budget`` bytes (inverse of :func:`task_peak_bytes`)."""
-    fixed = TASK_BASE_BYTES + n_features * hist_nodes(max_depth) * max_bin * HIST_BYTES_PER_BIN
+    fixed = _fixed_bytes(n_features, max_bin)
     per_row = n_features * BYTES_PER_VALUE + BYTES_PER_ROW
     rows = (budget - fixed) / (per_row + n_features * READ_BYTES_PER_VALUE)
     if file_rows is not None and rows > file_rows:
@@ -209,7 +206,6 @@ def choose_strategy(
     max_genes_per_batch: int = 1200,
     train_all_genes: bool = False,
     max_bin: int = 256,
-    max_depth: int = 6,
 ) -> StrategyChoice:
     """Pick the strategy, and say why, from the memory a fit needs and a worker offers.
 
@@ -224,7 +220,7 @@ def choose_strategy(
     budget = int(worker_memory * memory_fraction)
     if max_memory_gb is not None:
         budget = min(budget, int(max_memory_gb * 2**30))
-    hyper = {"max_bin": max_bin, "max_depth": max_depth}
+    hyper = {"max_bin": max_bin}
     file_rows = max_file_rows(index)
     peak = task_peak_bytes(index.n_rows, n_features, file_rows=file_rows, **hyper)
     mean_rows = max(1.0, index.n_rows / max(1, index.n_genes))

@@ -13,7 +13,6 @@ from metadask.dataset.index import GeneIndex
 from metadask.plan import (
     TASK_BASE_BYTES,
     choose_strategy,
-    hist_nodes,
     max_file_rows,
     rows_within,
     task_peak_bytes,
@@ -37,7 +36,7 @@ def test_task_peak_grows_with_rows_features_and_file_share():
     assert task_peak_bytes(100_000, 1_200, file_rows=50_000) > base
     assert task_peak_bytes(100_000, 150) > base  # one file holding every row is the worst case
     assert task_peak_bytes(0, 1) >= TASK_BASE_BYTES
-    assert hist_nodes(6) == 127
+    assert task_peak_bytes(1_000, 150, max_bin=64) < task_peak_bytes(1_000, 150)
 
 
 @pytest.mark.parametrize("file_rows", [None, 10_000, 10**9])
@@ -162,3 +161,18 @@ def test_train_all_genes_forces_the_batch_ensemble(client, tiny_dataset, tmp_pat
     assert r.strategy == "batch-ensemble"
     assert r.reason.startswith("forced by --train-all-genes")
     assert r.details["genes_per_batch"] == 20 and r.details["n_batches"] == 2
+
+
+def test_memory_model_benchmark_smoke_run():
+    """``python -m benchmarks memory_model --tiny`` measures real fit tasks and compares them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.memory_model import main
+
+    r = main(["--tiny"])
+    assert len(r["results"]) == 2
+    for row in r["results"]:
+        assert row["measured_peak"] > row["idle_worker_rss"] > 0
+        assert abs(row["error"]) < 0.5  # the full-size run checks the +-25 % target

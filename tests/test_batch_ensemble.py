@@ -251,3 +251,16 @@ def test_a_batch_without_splice_sites_is_a_clear_error():
                           "files": [(0,), (0,)]}, index=["a", "b"])
     with pytest.raises(TrainingError, match="Batch 3 has no donor, acceptor rows.*--max-genes-per-batch"):
         _check_batch(GeneIndex(table, ("f",)), ["a", "b"], "Batch 3")
+
+
+def test_scale_out_benchmark_smoke_run():
+    """``python -m benchmarks scale_out --tiny``: same batches and predictions on 1 and 2 workers."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.scale_out import main
+
+    r = main(["--tiny"])
+    assert r["identical_predictions"] and r["n_batches"] == 3
+    assert r["speedup"] > 0

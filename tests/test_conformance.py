@@ -12,6 +12,8 @@ OPTS = {"n_folds": 3, "n_estimators": 15, "analysis": False, "seed": 0}
 STRATEGIES = [
     pytest.param("single", {}, id="single"),
     pytest.param("batch-ensemble", {"max_genes_per_batch": 15}, id="batch-ensemble"),
+    pytest.param("distributed", {}, id="distributed"),
+    pytest.param("incremental", {}, id="incremental"),
 ]
 
 

@@ -152,6 +152,8 @@ def test_a_run_survives_a_killed_worker_and_predicts_exactly_what_a_fault_free_r
 
     # the fault really happened mid-run: a fit was running and fits were still missing
     assert killer.killed, "no worker was killed: the run finished before any fit was running"
+    print(f"\n{strategy}: killed worker pid {killer.killed['pid']} running {killer.killed['running']} with "
+          f"{killer.killed['journal_entries']} of {N_FITS[strategy]} fits journaled")
     assert killer.killed["journal_entries"] < N_FITS[strategy]
     assert any(str(k).startswith("metadask-fit-") for k in killer.killed["running"])
     assert killer.killed["address"] not in nanny_client.scheduler_info(n_workers=-1)["workers"]

@@ -48,12 +48,13 @@ def _model_block(y: np.ndarray, genes: np.ndarray, proba: np.ndarray) -> dict[st
     cls = classification_metrics(y, proba)
     b = binary_metrics(y, proba)
     tp, fp, fn = b["tp"], b["fp"], b["fn"]
-    aucs = [v["roc_auc"] for v in per_class_report(y, proba).values()]
+    per_class = per_class_report(y, proba)
+    aucs = [v["roc_auc"] for v in per_class.values()]
     return {
         "accuracy": cls["accuracy"],
         "macro_f1": cls["macro_f1"],
         "roc_auc_macro_ovr": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
-        "per_class": per_class_report(y, proba),
+        "per_class": per_class,
         "confusion_matrix": {"rows_true_cols_predicted": list(LABELS), "counts": confusion(y, pred).tolist()},
         "binary_splice_vs_neither": {
             **b, "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,

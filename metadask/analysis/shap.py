@@ -14,10 +14,11 @@ not generalisation metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,11 +158,19 @@ def choose_rows(genes: np.ndarray, y: np.ndarray, quotas: dict[str, tuple[int, i
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
-def _limit_threads() -> Any:
-    """Limit OpenMP (XGBoost) to this worker's threads: no oversubscription under contention."""
+@contextlib.contextmanager
+def _limit_threads() -> Iterator[None]:
+    """Limit OpenMP and XGBoost to this worker's threads: no oversubscription under contention.
+
+    Boosters rebuilt from bytes (as every strategy returns them) have ``nthread`` 0 and follow
+    these limits; a booster that carries an explicit ``nthread`` keeps it.
+    """
+    import xgboost as xgb
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=worker_threads(), user_api="openmp")
+    n = worker_threads()
+    with threadpool_limits(limits=n, user_api="openmp"), xgb.config_context(nthread=n):
+        yield
 
 
 def sample_partition(dataset: Dataset, features: Sequence[str], gs: GeneSet, quotas: dict[str, tuple[int, int, int]],
@@ -236,6 +245,7 @@ class Sample:
     features: list[str]
     contributions: bool
     requested: int = 0
+    kind: str = ""
 
     def release(self) -> None:
         for f in [*self.parts, self.model]:
@@ -255,7 +265,7 @@ def draw_sample(client: Any, dataset: Dataset, index: GeneIndex, features: Seque
         parts.append(client.submit(sample_partition, dataset, list(features), gs, quotas, seed, model_future, contributions,
                                    key=f"metadask-sample-{i}-{seed}-{time.time_ns()}", pure=False, retries=1))
     return Sample(plan=plan, parts=parts, model=model_future, features=list(features), contributions=contributions,
-                  requested=int(n_rows))
+                  requested=int(n_rows), kind=str(getattr(model, "kind", type(model).__name__)))
 
 
 @dataclass
@@ -295,8 +305,10 @@ def compute_shap(client: Any, sample: Sample, top_n: int = TOP_FEATURES) -> Shap
     max_rel = max((s["max_rel_error"] for s in stats), default=0.0)
     plan = sample.plan
     summary = {
-        "method": ("model.contributions: XGBoost pred_contribs (exact path-dependent TreeSHAP) in margin "
-                   "(log-odds) space, per one-vs-rest class; ensembles combine members with their weights"),
+        "method": (f"model.contributions of the '{sample.kind}' model, per one-vs-rest class in margin (log-odds) "
+                   "space: boosters give XGBoost pred_contribs (exact path-dependent TreeSHAP), an ensemble the "
+                   "weighted combination of its members' contributions, a linear model coefficient x standardised value"),
+        "model": sample.kind,
         "computed_on": f"{len(sample.parts)} worker tasks (partitions of sample genes)",
         "in_sample": True,
         "note": IN_SAMPLE_NOTE,

@@ -29,7 +29,9 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dask
@@ -95,24 +97,75 @@ def _read_xy(dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np
     return x, y.astype(np.int8)
 
 
-def gene_arrays(
-    dataset: Dataset, parts: Sequence[tuple[GeneSet, int]], features: Sequence[str],
-) -> tuple[da.Array, da.Array]:
-    """Lazy (X float32, y label codes int8) over gene-aligned partitions, one block each.
+def _first(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return pair[0]
 
-    Each block is read on a worker by :func:`~metadask.strategies.tasks.read_rows`; block
-    keys are a function of (dataset, genes, features), so the same genes share one read.
+
+def _target(pair: tuple[np.ndarray, np.ndarray], cls: int) -> np.ndarray:
+    return (pair[1] == cls).astype(np.float32)
+
+
+def assign_workers(rows: Sequence[int], workers: Sequence[str]) -> list[str]:
+    """A worker per partition: largest first onto the least-loaded worker (ties: lowest address).
+
+    A pure function of the partition sizes and the sorted worker addresses, so the same
+    cluster gets the same layout and hence the same model.
     """
+    names = sorted(workers)
+    load = [0] * len(names)
+    out = [""] * len(rows)
+    for i in sorted(range(len(rows)), key=lambda i: (-int(rows[i]), i)):
+        w = min(range(len(names)), key=lambda j: (load[j], j))
+        out[i] = names[w]
+        load[w] += int(rows[i])
+    return out
+
+
+@dataclass
+class PlacedRows:
+    """A gene set's rows on the workers: X and the three one-vs-rest targets as Dask arrays.
+
+    Every block is a future pinned to the worker :func:`assign_workers` chose, so
+    ``xgboost.dask`` (which trains each worker on the partitions it holds) sees the same
+    layout on every run; the arrays hold only futures, never data on the client.
+    """
+
+    x: da.Array
+    targets: list[da.Array]
+    workers: list[str]
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def place_rows(client: Any, dataset: Dataset, parts: Sequence[tuple[GeneSet, int]], features: Sequence[str],
+               workers: Sequence[str]) -> PlacedRows:
+    """Read gene-aligned partitions on the workers (one task each) and keep them there."""
+    from distributed import Future, wait
+
     if not parts:
         raise TrainingError("No genes to build a training matrix from (an empty gene set reached xgboost.dask).")
     feats = list(features)
-    xs, ys = [], []
-    for gs, n in parts:
-        key = f"metadask-read-{digest([dataset.url, gs.genes, gs.files, feats])[:20]}"
-        block = dask.delayed(_read_xy, nout=2, pure=True)(dataset, gs, feats, dask_key_name=key)
-        xs.append(da.from_delayed(block[0], shape=(n, len(feats)), dtype=np.float32))
-        ys.append(da.from_delayed(block[1], shape=(n,), dtype=np.int8))
-    return da.concatenate(xs, axis=0), da.concatenate(ys, axis=0)
+    where = assign_workers([n for _, n in parts], workers)
+    token = f"{digest([dataset.url, [gs.genes for gs, _ in parts], feats])[:12]}-{uuid.uuid4().hex[:8]}"
+    xname, tnames = f"metadask-dx-x-{token}", [f"metadask-dx-y{k}-{token}" for k in range(len(LABELS))]
+    xs: dict[tuple, Future] = {}
+    ts: list[dict[tuple, Future]] = [{} for _ in LABELS]
+    reads = []
+    for i, ((gs, _), w) in enumerate(zip(parts, where)):
+        pin = {"workers": [w], "allow_other_workers": True, "pure": False}
+        read = client.submit(_read_xy, dataset, gs, feats, key=f"metadask-dx-read-{token}-{i}", retries=2, **pin)
+        reads.append(read)
+        xs[(xname, i, 0)] = client.submit(_first, read, key=(xname, i, 0), **pin)
+        for k in range(len(LABELS)):
+            ts[k][(tnames[k], i)] = client.submit(_target, read, k, key=(tnames[k], i), **pin)
+    wait(list(xs.values()) + [f for t in ts for f in t.values()])
+    del reads  # the (x, y) tuples go; X shares the tuple's array, the targets are new
+    rows = tuple(n for _, n in parts)
+    x = da.Array(xs, xname, (rows, (len(feats),)), dtype=np.float32)
+    targets = [da.Array(t, name, (rows,), dtype=np.float32) for t, name in zip(ts, tnames)]
+    return PlacedRows(x, targets, list(where))
 
 
 # -- the watchdog ---------------------------------------------------------------------
@@ -161,11 +214,14 @@ def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | Non
             raise
         except Exception as exc:  # XGBoostError, CommClosedError, ValueError from xgboost.dask, ...
             gone = lost or _wait_for_loss(client, before, grace if _looks_like_comm_error(exc) else 0.0, poll)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if gone:
                 raise _lost_error(what, gone) from exc
+            hint = ""
+            if "timeout" in str(exc).lower() and _looks_like_comm_error(exc):
+                hint = (f" A worker stopped responding for longer than metadask.distributed.collective-timeout "
+                        f"({int(setting('collective-timeout'))} s).")
             raise TrainingError(
-                f"Distributed training of {what} failed: {type(exc).__name__}: {first[:300]}. "
+                f"Distributed training of {what} failed: {type(exc).__name__}: {_summarise(exc)}.{hint} "
                 "Check the worker logs; rerun, or use --strategy single / batch-ensemble."
             ) from exc
         now = time.perf_counter()
@@ -185,6 +241,17 @@ def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | Non
 
 _COMM_WORDS = ("socket", "poll error", "allreduce", "allgather", "broadcast", "collective", "rabit", "tracker",
                "connection", "commclosed", "invalid worker address", "worker", "timed out", "timeout")
+
+
+def _summarise(exc: BaseException) -> str:
+    """The informative part of an exception message (XGBoost's: its ``- [file:line]: msg`` lines)."""
+    text = str(exc).split("Stack trace:")[0].strip()
+    if not text:
+        return type(exc).__name__
+    parts = [line.split("]:", 1)[1].strip() for line in text.splitlines() if line.lstrip().startswith("- [") and "]:" in line]
+    parts = [p for p in parts if p]
+    summary = "; ".join(parts[-2:]) if parts else text.splitlines()[0]
+    return summary[:300].rstrip(".")
 
 
 def _looks_like_comm_error(exc: BaseException) -> bool:
@@ -218,9 +285,7 @@ def _lost_error(what: str, lost: set[str]) -> TrainingError:
 
 def fit_dask_binary(
     client: Any,
-    x: da.Array,
-    y: da.Array,
-    cls: int,
+    train: tuple[da.Array, da.Array],
     params: dict[str, Any],
     n_estimators: int,
     *,
@@ -228,7 +293,7 @@ def fit_dask_binary(
     train_eval: tuple[da.Array, da.Array] | None = None,
     early_stopping_rounds: int = 0,
 ) -> FitOutput:
-    """One one-vs-rest binary fit of class ``cls`` with ``xgboost.dask`` (quantile DMatrix).
+    """One binary fit with ``xgboost.dask`` on (X, 0/1 target) Dask arrays (quantile DMatrix).
 
     Early stopping watches ``valid`` (held-out genes); ``train_eval`` (a held-in sample)
     gives the training curve. The booster is trimmed to its best iteration.
@@ -239,15 +304,11 @@ def fit_dask_binary(
 
     t0 = time.perf_counter()
     max_bin = int(params.get("max_bin", 256))
-    target = (y == cls).astype(np.float32)
-    dtrain = dxgb.DaskQuantileDMatrix(client, x, target, max_bin=max_bin)
+    dtrain = dxgb.DaskQuantileDMatrix(client, train[0], train[1], max_bin=max_bin)
     evals = []
-    if train_eval is not None:
-        evals.append((dxgb.DaskQuantileDMatrix(client, train_eval[0], (train_eval[1] == cls).astype(np.float32),
-                                               max_bin=max_bin, ref=dtrain), "train"))
-    if valid is not None:
-        evals.append((dxgb.DaskQuantileDMatrix(client, valid[0], (valid[1] == cls).astype(np.float32),
-                                               max_bin=max_bin, ref=dtrain), "valid"))
+    for pair, name in ((train_eval, "train"), (valid, "valid")):
+        if pair is not None:
+            evals.append((dxgb.DaskQuantileDMatrix(client, pair[0], pair[1], max_bin=max_bin, ref=dtrain), name))
     use_es = early_stopping_rounds > 0 and valid is not None
     coll = int(setting("collective-timeout"))
     # verbosity 0 travels to the workers with XGBoost's global config: no per-fit rank banners
@@ -263,7 +324,7 @@ def fit_dask_binary(
         booster = booster[: best + 1]
     history = {name: [float(v) for v in h.get("logloss", [])] for name, h in out.get("history", {}).items()}
     return FitOutput(booster=booster_to_bytes(booster), best_iteration=best, n_trees=best + 1,
-                     seconds=time.perf_counter() - t0, rows=int(x.shape[0]), history=history)
+                     seconds=time.perf_counter() - t0, rows=int(train[0].shape[0]), history=history)
 
 
 # -- the strategy -----------------------------------------------------------------------
@@ -345,36 +406,31 @@ class DistributedStrategy(Strategy):
             return
         client, ds, feats = ctx.client, ctx.dataset, ctx.features
 
-        def persisted(genes: Sequence[str]) -> tuple[da.Array, da.Array] | None:
-            if not genes:
-                return None
-            x, y = gene_arrays(ds, gene_partitions(ctx.index, genes), feats)
-            x, y = client.persist([x, y])
-            return x, y
-
-        def load() -> tuple[Any, Any, Any]:
-            data = persisted(fit_genes), persisted(valid_genes), persisted(eval_genes)
-            from distributed import wait
-
-            wait([a for pair in data if pair is not None for a in pair])
-            return data
+        def load() -> tuple[PlacedRows | None, ...]:
+            workers = sorted(_workers(client))
+            return tuple(place_rows(client, ds, gene_partitions(ctx.index, genes), feats, workers) if genes else None
+                         for genes in (fit_genes, valid_genes, eval_genes))
 
         t0 = time.perf_counter()
-        train, valid, train_eval = guarded(client, f"{what} (reading rows)", load)
-        log.info("%s: %s rows persisted on the workers in %.1f s", what, f"{int(train[0].shape[0]):,}",
-                 time.perf_counter() - t0)
+        train, valid, held_in = guarded(client, f"{what} (reading rows)", load)
+        assert train is not None
+        log.info("%s: %s rows persisted on the workers in %.1f s", what, f"{train.rows:,}", time.perf_counter() - t0)
+
+        def pair(placed: PlacedRows | None, k: int) -> tuple[da.Array, da.Array] | None:
+            return None if placed is None else (placed.x, placed.targets[k])
+
         try:
             for s in todo:
                 out = guarded(client, f"{s.key} ({LABELS[s.cls]})", lambda s=s: fit_dask_binary(
-                    client, train[0], train[1], s.cls, s.params, s.n_estimators, valid=valid,
-                    train_eval=train_eval, early_stopping_rounds=s.early_stopping_rounds))
+                    client, pair(train, s.cls), s.params, s.n_estimators, valid=pair(valid, s.cls),
+                    train_eval=pair(held_in, s.cls), early_stopping_rounds=s.early_stopping_rounds))
                 outputs[s.key] = out
                 if journal is not None:
                     journal.put(s.key, digests[s.key], out)
                 log.info("%s %s (%s): %d trees, %s rows, %.1f s", what, s.key, LABELS[s.cls], out.n_trees,
                          f"{out.rows:,}", out.seconds)
         finally:
-            del train, valid, train_eval  # release the persisted blocks before the next split
+            del train, valid, held_in  # release the persisted blocks before the next split
 
     def _predict_oof(self, ctx: TrainContext, outputs: dict[str, FitOutput]) -> pd.DataFrame:
         """Margins of each fold's boosters for its test genes, one task per test partition."""

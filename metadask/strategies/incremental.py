@@ -153,12 +153,18 @@ def _sgd_step(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[st
     return out
 
 
-def _sgd_loss(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Summed per-class binary log loss of the chain's model on one partition."""
-    x, y, _ = read_rows(dataset, gs, features)
+def _sgd_loss(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[str],
+              role: dict[str, str]) -> dict[str, tuple[np.ndarray, int]]:
+    """Summed per-class binary log loss of the chain's model on one partition, per gene role.
+
+    ``role`` maps each gene to ``"valid"`` or ``"train"`` (held-in sample): one read serves both.
+    """
+    x, y, meta = read_rows(dataset, gs, features)
     margins = chain.linear(features).predict_margin(x)
     sign = np.where(y[:, None] == _CLASSES[None, :], 1.0, -1.0)
-    return np.logaddexp(0.0, -sign * margins).sum(axis=0), len(y)
+    loss = np.logaddexp(0.0, -sign * margins)
+    roles = meta[dataset.gene_column].astype(str).map(role).to_numpy()
+    return {r: (loss[roles == r].sum(axis=0), int((roles == r).sum())) for r in ("valid", "train")}
 
 
 def _linear_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, model: LinearModel) -> pd.DataFrame:
@@ -181,7 +187,7 @@ class IncrementalStrategy(Strategy):
     """SGD logistic models streamed over gene-aligned partitions (see the module docstring)."""
 
     name = "incremental"
-    label = "Incremental SGD (dask-ml)"
+    label = "Incremental SGD (streamed partial_fit)"
 
     def describe(self, ctx: TrainContext) -> str:
         return f"{self.label}, {int(setting('epochs'))} epochs"
@@ -206,33 +212,36 @@ class IncrementalStrategy(Strategy):
         ]
         chains.append(("final", ctx.index.genes, None, (), ()))
         snapshots: dict[str, list[Any]] = {}
-        losses: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+        losses: dict[str, list[tuple[Any, ...]]] = {}
         for i, (name, fit_genes, fold, valid, held_in) in enumerate(chains):
             parts = gene_partitions(ctx.index, fit_genes, max_rows)
             mean, scale = stats[fold]
             state: Any = _new_chain(cfg.seed, mean, scale)
-            snapshots[name], losses[name] = [], {"valid": [], "train": []}
+            snapshots[name], losses[name] = [], []
+            # held-in genes are fit genes, never validation genes: each gene has one role
+            role = {**{str(g): "train" for g in held_in}, **{str(g): "valid" for g in valid}}
+            loss_parts = gene_partitions(ctx.index, sorted(role), max_rows) if role else []
             for e in range(epochs):
                 order = np.random.default_rng([cfg.seed, i, e]).permutation(len(parts))
                 for j in order:
                     state = client.submit(_sgd_step, state, ds, parts[j][0], feats, pure=False, retries=2,
                                           priority=-e)
                 snapshots[name].append(state)
-                for what, genes in (("valid", valid), ("train", held_in)):
-                    if genes:
-                        losses[name][what].append(tuple(
-                            client.submit(_sgd_loss, state, ds, gs, feats, pure=False, retries=2, priority=-e)
-                            for gs, _ in gene_partitions(ctx.index, genes, max_rows)))
+                if role:
+                    losses[name].append(tuple(
+                        client.submit(_sgd_loss, state, ds, gs, feats, {g: role[g] for g in gs.genes}, pure=False,
+                                      retries=2, priority=-e)
+                        for gs, _ in loss_parts))
         log.info("Submitted %d SGD chains x %d epochs", len(chains), epochs)
         snaps: dict[str, list[Chain]] = client.gather(snapshots)
-        loss_parts = client.gather(losses)
+        loss_values = client.gather(losses)
         log.info("SGD chains done in %.1f s", time.perf_counter() - t0)
 
         specs, outputs, histories, fold_models = [], {}, {}, {}
         best: dict[int, list[int]] = {k: [] for k in range(len(LABELS))}
         for fp in ctx.fold_plans:
             name = f"f{fp.fold}"
-            curves = {w: _curves(loss_parts[name][w]) for w in ("valid", "train")}
+            curves = {w: _curves([tuple(p[w] for p in epoch) for epoch in loss_values[name]]) for w in ("valid", "train")}
             coef, intercept = [], []
             for k, c in enumerate(LABELS):
                 b = int(np.argmin(curves["valid"][:, k]))

@@ -1,0 +1,173 @@
+"""Inference: rows per second for a single model and for ensembles of K members.
+
+Builds the models directly from XGBoost fits on a synthetic dataset (so the number of trees
+is fixed and known): the single model is three one-vs-rest boosters (``BoosterModel``) of
+``--n-estimators`` trees trained on every gene; an ensemble of K members
+(``metadask.models.ensemble.EnsembleModel``, weighted margins) holds K such groups, member j
+trained on the j-th of K gene batches. Every model has Platt calibrators (fit in-sample on its
+own predictions: they only matter here for their cost). The batch-ensemble strategy builds
+the same ensemble type, so its predictions cost what is measured here.
+
+Measured, on the dataset's rows:
+
+* **in process:** ``model.predict_proba(frame)`` on a pandas frame of every column (what a
+  user passes); XGBoost uses its default threads (every core); median of ``--repeats`` calls
+  after one warm-up call;
+* **on a LocalCluster** (2 workers x 1 thread by default): ``metadask.predict_dataset(model,
+  dataset, out)``, which reads the parquet files on the workers, scores each partition and
+  writes one parquet file; the cluster is started (and warmed by one call) outside the timing.
+
+Rows per second = rows / median seconds. A K-member ensemble does about K times the work of
+the single model, so the expected ratio single / ensemble is about K.
+
+    python -m benchmarks inference [--genes 200] [--n-estimators 200] [--members 2,4,8]
+                                   [--repeats 3] [--workers 2] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import synthetic, table, write_result
+
+
+def build_models(path: str, n_estimators: int, max_members: int, seed: int = 42) -> tuple[Any, list[Any], Any, dict]:
+    """The single model, ``max_members`` member groups of boosters, the frame and facts."""
+    import pandas as pd
+
+    from metadask.config import TrainConfig
+    from metadask.dataset.schema import encode_labels
+    from metadask.dataset.source import open_dataset
+    from metadask.dataset.synthetic import LEAKY_COLUMNS
+    from metadask.models.base import sigmoid
+    from metadask.models.boosted import BoosterModel, booster_from_bytes, fit_binary
+    from metadask.models.calibration import fit_calibrator
+
+    ds = open_dataset(path)
+    frame = pd.concat([ds.read_file(f) for f in ds.files], ignore_index=True)
+    # the synthetic data's deliberately leaky columns would make trees trivial (screening drops them)
+    features = [c for c in ds.schema.feature_columns if c not in LEAKY_COLUMNS]
+    x = frame[features].to_numpy(dtype=np.float32)
+    y = encode_labels(frame[ds.label_column], ds.label_column)
+    params = TrainConfig().xgb_params()
+    nthread = os.cpu_count() or 1
+
+    def group(rows: np.ndarray) -> list[Any]:
+        return [booster_from_bytes(fit_binary(x[rows], (y[rows] == k).astype(np.float32), params, n_estimators,
+                                              nthread=nthread).booster) for k in range(3)]
+
+    t0 = time.perf_counter()
+    single_boosters = group(np.arange(len(y)))
+    genes = np.array(sorted(frame[ds.gene_column].unique()))
+    batch_of_gene = dict(zip(genes, np.random.default_rng(seed).permutation(len(genes)) % max_members))
+    batch = frame[ds.gene_column].map(batch_of_gene).to_numpy()
+    members = [group(np.flatnonzero(batch == j)) for j in range(max_members)]
+    fit_seconds = time.perf_counter() - t0
+
+    single = BoosterModel(single_boosters, features)
+    sample = np.random.default_rng(seed).choice(len(y), size=min(len(y), 20_000), replace=False)
+    raw = sigmoid(single.predict_margin(x[sample]))
+    single.calibrators = [fit_calibrator(raw[:, k], y[sample] == k, "platt") for k in range(3)]
+    facts = {"rows": int(len(frame)), "genes": int(len(genes)), "features": len(features),
+             "columns_in_frame": int(frame.shape[1]), "fit_seconds": fit_seconds}
+    return single, members, frame, facts
+
+
+def ensemble(members: list[Any], features: list[str], calibrators: list[Any]) -> Any:
+    from metadask.models.ensemble import EnsembleModel
+
+    model = EnsembleModel(members, np.ones((len(members), 3)), features, method="voting")
+    model.calibrators = list(calibrators)
+    return model
+
+
+def timed(fn: Any, repeats: int) -> list[float]:
+    fn()  # warm-up: first-call costs (imports, thread pools, graph pickling) are not throughput
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--genes", type=int, default=200)
+    ap.add_argument("--n-estimators", type=int, default=200, help="trees per booster (fixed, no early stopping)")
+    ap.add_argument("--members", default="2,4,8", help="ensemble sizes K, comma-separated")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="smoke run: 20 genes, 10 trees, K = 2, 1 repeat")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.genes, args.n_estimators, args.members, args.repeats = 20, 10, "2", 1
+    ks = sorted({int(k) for k in args.members.split(",") if k.strip()})
+    from distributed import Client, LocalCluster
+
+    from metadask.inference import predict_dataset
+
+    path = str(synthetic(args.genes, genes_per_file=max(10, args.genes // 10)))
+    single, members, frame, facts = build_models(path, args.n_estimators, max(ks))
+    models = {"single": single}
+    for k in ks:
+        models[f"ensemble K={k}"] = ensemble(members[:k], single.features, single.calibrators)
+    n = facts["rows"]
+    load_before = os.getloadavg()
+    local: dict[str, list[float]] = {}
+    for name, model in models.items():
+        local[name] = timed(lambda m=model: m.predict_proba(frame), args.repeats)
+        print(f"  in process, {name}: {n / statistics.median(local[name]):,.0f} rows/s", flush=True)
+    cluster_times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
+        n_workers=args.workers, threads_per_worker=1, dashboard_address=":0", env={"OMP_WAIT_POLICY": "PASSIVE"}
+    ) as cluster, Client(cluster) as client:
+        client.wait_for_workers(args.workers)
+        for name, model in models.items():
+            out = os.path.join(tmp, "pred.parquet")
+            cluster_times[name] = timed(lambda m=model: predict_dataset(m, path, out, overwrite=True, client=client),
+                                        args.repeats)
+            print(f"  predict_dataset, {name}: {n / statistics.median(cluster_times[name]):,.0f} rows/s", flush=True)
+    per_model: dict[str, Any] = {}
+    for name, model in models.items():
+        groups = model.members if hasattr(model, "members") else [model.boosters]
+        trees = sum(b.num_boosted_rounds() for group in groups for b in group)
+        lo, cl = statistics.median(local[name]), statistics.median(cluster_times[name])
+        per_model[name] = {
+            "members": len(groups), "trees": trees,
+            "in_process_seconds": local[name], "in_process_rows_per_s": n / lo,
+            "cluster_seconds": cluster_times[name], "cluster_rows_per_s": n / cl,
+        }
+    base = per_model["single"]
+    for rec in per_model.values():
+        rec["in_process_slowdown_vs_single"] = base["in_process_rows_per_s"] / rec["in_process_rows_per_s"]
+        rec["cluster_slowdown_vs_single"] = base["cluster_rows_per_s"] / rec["cluster_rows_per_s"]
+    rows = [("dataset", f"{facts['genes']} synthetic genes, {n:,} rows, {facts['features']} features "
+                        f"({facts['columns_in_frame']} columns in the frame)"),
+            ("trees per booster", f"{args.n_estimators} (3 boosters per member)")]
+    for name, rec in per_model.items():
+        rows.append((f"{name} ({rec['trees']} trees)",
+                     f"in process {rec['in_process_rows_per_s']:>10,.0f} rows/s (x{rec['in_process_slowdown_vs_single']:.1f} "
+                     f"time)   predict_dataset {rec['cluster_rows_per_s']:>10,.0f} rows/s "
+                     f"(x{rec['cluster_slowdown_vs_single']:.1f})"))
+    rows.append(("load average", " ".join(f"{v:.1f}" for v in load_before) + f" on {os.cpu_count()} cores"))
+    print(table(rows))
+    payload = {
+        "genes": args.genes, "n_estimators": args.n_estimators, "members": ks, "repeats": args.repeats,
+        "workers": args.workers, "threads_per_worker": 1, "in_process_xgboost_threads": os.cpu_count(),
+        **facts, "models": per_model, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "ensemble_class": "metadask.models.ensemble.EnsembleModel",
+    }
+    write_result("inference" + ("_tiny" if args.tiny else ""), payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
