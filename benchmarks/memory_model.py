@@ -3,12 +3,12 @@
 For each synthetic dataset size (3-mers and 3+5-mers), one batch-ensemble member fit on
 every gene of the dataset (fit genes + validation genes inside the batch, a held-in eval
 sample, early stopping) runs on a fresh Dask worker (1 worker x 1 thread, no memory limit;
-the worker is restarted before each task). The measured peak is the worker process's peak
+a new LocalCluster for each task). The measured peak is the worker process's peak
 RSS (``ru_maxrss``, what the worker's memory limit sees); the estimate is
 :func:`metadask.plan.task_peak_bytes`. Target: measured within +-25 % of the estimate.
 
-    python -m benchmarks memory_model [--sizes 50:3,150:3,400:3,50:3+5,150:3+5,400:3+5]
-                                      [--n-estimators 10] [--fit] [--tiny]
+    python -m benchmarks memory_model [--sizes 50:3,400:3,150:3+5:150,400:3+5:25,...]
+                                      [--n-estimators 10] [--fit] [--worker-env K=V] [--tiny]
 
 ``--fit`` also prints least-squares constants for the model from the measurements (to
 recalibrate :mod:`metadask.plan` on other machines or library versions).
@@ -68,7 +68,6 @@ def measure(client: Any, path: str, n_estimators: int, seed: int = 42) -> dict[s
     spec = FitSpec(key="memory-model", scope="member", cls=1, fit=gs(fit), valid=gs(valid),
                    eval_genes=tuple(eval_sample(fit, len(valid), seed)), n_estimators=n_estimators,
                    early_stopping_rounds=cfg.early_stopping_rounds, params=cfg.xgb_params())
-    client.restart()
     idle = next(iter(client.run(_worker_rss).values()))
     t0 = time.perf_counter()
     out = client.submit(run_fit, ds, features, spec, pure=False).result()
@@ -116,15 +115,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     env = {**dict(setting("worker-env") or {}), **dict(kv.split("=", 1) for kv in args.worker_env)}
     results = []
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=0, dashboard_address=":0",
-                      env=env) as cluster, Client(cluster) as client:
-        for genes, ks, per_file in parse_sizes(args.sizes):
-            path = synthetic(genes, ks, genes_per_file=per_file)
+    for genes, ks, per_file in parse_sizes(args.sizes):
+        path = synthetic(genes, ks, genes_per_file=per_file)
+        # a fresh worker process per task, so its peak RSS is this task's alone
+        with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=0, dashboard_address=":0",
+                          env=env) as cluster, Client(cluster) as client:
             r = measure(client, str(path), args.n_estimators)
-            r["kmers"], r["genes_per_file"] = "+".join(map(str, ks)), per_file
-            results.append(r)
-            print(f"  {genes} genes {r['kmers']}-mers: {r['rows']:,} rows x {r['features']} features, measured "
-                  f"{format_bytes(r['measured_peak'])}, estimate {format_bytes(r['estimate'])} ({r['error']:+.1%})", flush=True)
+        r["kmers"], r["genes_per_file"] = "+".join(map(str, ks)), per_file
+        results.append(r)
+        print(f"  {genes} genes {r['kmers']}-mers: {r['rows']:,} rows x {r['features']} features, measured "
+              f"{format_bytes(r['measured_peak'])}, estimate {format_bytes(r['estimate'])} ({r['error']:+.1%})", flush=True)
     header = f"{'dataset':<22} {'rows':>9} {'feat':>5} {'matrix':>10} {'measured':>10} {'estimate':>10} {'error':>7}"
     lines = [header] + [
         f"{str(r['genes']) + ' genes ' + r['kmers'] + '-mer/' + str(r['genes_per_file']):<22} {r['rows']:>9,} "

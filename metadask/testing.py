@@ -197,13 +197,13 @@ def check_strategy(
     import dask.dataframe as dd
 
     ddf = dd.from_pandas(frame, npartitions=2)
-    p_dask = model.predict_proba(ddf).compute()
+    p_dask = client.compute(model.predict_proba(ddf)).result()
     if not isinstance(p_dask, pd.DataFrame) or not np.allclose(p_dask.to_numpy(), p_loaded, rtol=1e-6, atol=1e-9):
         raise _fail(name, "predict_proba on a Dask dataframe differs from pandas input")
     classes = model.predict(frame)
     if not np.array_equal(classes, p_loaded.argmax(axis=1)):
         raise _fail(name, "predict is not the argmax of predict_proba")
-    classes_dask = model.predict(ddf).compute().to_numpy()
+    classes_dask = client.compute(model.predict(ddf)).result().to_numpy()
     if not np.array_equal(classes_dask, classes):
         raise _fail(name, "predict on a Dask dataframe differs from pandas input")
     return first

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,8 +65,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def nanny_client():
-    with _new_cluster(2) as cluster, Client(cluster, set_as_default=False) as client:
-        yield client
+    # A LocalCluster forgets a worker whose Nanny has not brought it back within
+    # lost-worker-timeout (15 s); on a loaded machine a restart can take longer.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "300s"}):
+        with _new_cluster(2) as cluster, Client(cluster, set_as_default=False) as client:
+            yield client
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +131,7 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.05)
 
 
-def _wait_for_workers(client: Client, n: int, timeout: float = 120) -> None:
+def _wait_for_workers(client: Client, n: int, timeout: float = 240) -> None:
     t0 = time.monotonic()
     while len(client.scheduler_info(n_workers=-1)["workers"]) < n:
         assert time.monotonic() - t0 < timeout, "the Nanny did not restart the killed worker"

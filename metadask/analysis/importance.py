@@ -140,5 +140,5 @@ def write_importance(out_dir: Path, table: pd.DataFrame, *, plots: bool) -> list
     if plots and methods:
         from metadask.analysis import plots as P
 
-        paths += P.save_figure(P.importance_figure(table, methods), d / "feature_importance_comparison")
+        paths += P.save_figure(P.importance_figure(table, methods), d / "feature_importance_comparison", ("png",))
     return paths

@@ -135,5 +135,5 @@ def write_overfitting(out_dir: Path, result: TrainingResult, n_estimators: int |
         from metadask.analysis import plots as P
 
         fig = P.loss_curves_figure(curves, fits) if len(curves) else P.message_figure(summary["note"])
-        paths += P.save_figure(fig, d / "loss_curves")
+        paths += P.save_figure(fig, d / "loss_curves", ("png",))
     return summary, paths

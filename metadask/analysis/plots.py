@@ -44,12 +44,17 @@ def new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def save_figure(fig: Any, stem: Path, formats: Sequence[str] = ("pdf", "png")) -> list[Path]:
-    """Save ``fig`` as ``stem.<fmt>`` for each format, atomically; return the paths."""
+def save_figure(fig: Any, stem: Path, formats: Sequence[str] = ("pdf", "png"), *, tight: bool = False) -> list[Path]:
+    """Save ``fig`` as ``stem.<fmt>`` for each format, atomically; return the paths.
+
+    Our figures use constrained layout; ``tight`` (an extra layout pass) is for the shap
+    package's figures, whose long feature names would otherwise be clipped.
+    """
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=PNG_DPI, bbox_inches="tight"))
+        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=PNG_DPI,
+                                                             bbox_inches="tight" if tight else None))
         paths.append(path)
     return paths
 
@@ -211,8 +216,13 @@ def message_figure(text: str) -> Any:
 
 # -- SHAP (the shap package's plots) ------------------------------------------------------------
 
-def shap_figures(values: np.ndarray, base_value: float, data: np.ndarray, names: Sequence[str], cls: str) -> tuple[Any, Any]:
-    """(bar figure, beeswarm figure) for one class from an ``shap.Explanation``.
+BEESWARM_ROWS = 2_000
+"""Rows drawn in a beeswarm (a seeded subset of the sample; the bar plot uses every row)."""
+
+
+def shap_figures(values: np.ndarray, base_value: float, data: np.ndarray, names: Sequence[str], cls: str,
+                 seed: int = 0) -> tuple[Any, Any]:
+    """(bar figure, beeswarm figure) for one class from ``shap.Explanation`` objects.
 
     The caller must close them with :func:`close`.
     """
@@ -220,15 +230,24 @@ def shap_figures(values: np.ndarray, base_value: float, data: np.ndarray, names:
     import matplotlib.pyplot as plt
     import shap
 
-    exp = shap.Explanation(values=np.asarray(values, dtype=np.float64), base_values=np.full(len(values), base_value),
-                           data=np.asarray(data, dtype=np.float64), feature_names=list(names))
+    values = np.asarray(values, dtype=np.float64)
+    data = np.asarray(data, dtype=np.float64)
+
+    def explanation(rows: Any) -> Any:
+        return shap.Explanation(values=values[rows], base_values=np.full(len(values[rows]), base_value),
+                                data=data[rows], feature_names=list(names))
+
     n = len(names)
     bar = plt.figure(figsize=(8, 0.32 * n + 1.6))
-    shap.plots.bar(exp, max_display=n, ax=bar.gca(), show=False)
-    bar.gca().set_title(f"{cls}: mean |SHAP| (margin space), top {n} features")
+    shap.plots.bar(explanation(slice(None)), max_display=n, ax=bar.gca(), show=False)
+    bar.gca().set_title(f"{cls}: mean |SHAP| over {len(values):,} rows (margin space), top {n} features")
+    rows = np.arange(len(values))
+    if len(rows) > BEESWARM_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=BEESWARM_ROWS, replace=False))
     bee = plt.figure(figsize=(8, 0.32 * n + 1.6))
-    shap.plots.beeswarm(exp, max_display=n, ax=bee.gca(), show=False, plot_size=None, group_remaining_features=False)
-    bee.gca().set_title(f"{cls}: SHAP values per row (margin space)")
+    shap.plots.beeswarm(explanation(rows), max_display=n, ax=bee.gca(), show=False, plot_size=None,
+                        group_remaining_features=False)
+    bee.gca().set_title(f"{cls}: SHAP values of {len(rows):,} rows (margin space)")
     return bar, bee
 
 

@@ -57,8 +57,7 @@ def expected_files(*, skip_shap: bool = False, skip_plots: bool = False) -> set[
              "overfitting_analysis/overfitting_summary.json", "overfitting_analysis/loss_curves.csv"}
     if not skip_plots:
         files |= {f"performance_plots/{p}.{ext}" for p in PERFORMANCE_PLOTS for ext in ("pdf", "png")}
-        files |= {f"{d}.{ext}" for d in ("feature_importance_analysis/feature_importance_comparison",
-                                          "overfitting_analysis/loss_curves") for ext in ("pdf", "png")}
+        files |= {"feature_importance_analysis/feature_importance_comparison.png", "overfitting_analysis/loss_curves.png"}
     if not skip_shap:
         files |= {"shap_analysis/shap_importance_by_class.csv", "shap_analysis/shap_summary.json"}
         if not skip_plots:

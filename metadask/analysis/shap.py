@@ -363,10 +363,10 @@ def write_shap(out_dir: Path, result: ShapResult, *, plots: bool) -> list[Path]:
         for k, cls in enumerate(LABELS):
             pos = [columns.index(j) for j in result.top[cls]]
             bar, bee = P.shap_figures(result.values["values"][:, k, pos], result.summary["base_value"][cls],
-                                      result.values["x"][:, pos], features[cls], cls)
+                                      result.values["x"][:, pos], features[cls], cls, seed=result.summary["sample"]["seed"])
             try:
-                paths += P.save_figure(bar, d / f"shap_bar_{cls}", ("png",))
-                paths += P.save_figure(bee, d / f"shap_beeswarm_{cls}", ("png",))
+                paths += P.save_figure(bar, d / f"shap_bar_{cls}", ("png",), tight=True)
+                paths += P.save_figure(bee, d / f"shap_beeswarm_{cls}", ("png",), tight=True)
             finally:
                 P.close(bar, bee)
     return paths

@@ -21,7 +21,10 @@ from metadask.models.calibration import IDENTITY, Calibrator, combine
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """Logistic function, without overflow warnings for large margins."""
+    from scipy.special import expit
+
+    return expit(np.asarray(z, dtype=np.float64))
 
 
 class MetaModel(abc.ABC):

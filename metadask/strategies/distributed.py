@@ -2,7 +2,7 @@
 
 For data that no single worker can hold but the cluster's memory together can: each fit's
 rows are a Dask array with one gene-aligned partition per group of genes sharing files
-(:func:`gene_partitions`), read by the workers themselves (the client only builds the
+(:func:`~metadask.strategies.tasks.gene_partitions`), read by the workers themselves (the client only builds the
 graph), persisted for the fit and handed to ``xgboost.dask`` as a ``DaskQuantileDMatrix``.
 
 Per CV fold (genes from ``ctx.fold_plans``): three one-vs-rest binary boosters fit on the
@@ -39,7 +39,6 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
 from metadask.errors import ClusterError, TrainingError
@@ -47,7 +46,7 @@ from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
 from metadask.results import TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
-from metadask.strategies.tasks import FitSpec, GeneSet, read_rows, run_predict
+from metadask.strategies.tasks import FitSpec, GeneSet, gene_partitions, read_rows, run_predict
 
 log = logging.getLogger("metadask")
 
@@ -63,34 +62,6 @@ def setting(key: str) -> Any:
 
 
 # -- gene-aligned Dask arrays (also used by the incremental strategy) -------------------
-
-def gene_partitions(index: GeneIndex, genes: Sequence[str], max_rows: int | None = None) -> list[tuple[GeneSet, int]]:
-    """Gene-aligned partitions of ``genes``: (gene set, rows) per group of genes sharing files.
-
-    Genes held by the same files form one partition (one per file in the usual layout), in
-    file order; with ``max_rows`` a group is cut into consecutive runs of whole genes of at
-    most ``max_rows`` rows (a gene larger than that is a partition of its own). A gene is
-    never split between partitions, and the result depends only on the index and ``genes``.
-    """
-    table = index.table.loc[sorted(genes), ["files", "n_rows"]]
-    groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
-    for gene, files, n in zip(table.index, table["files"], table["n_rows"]):
-        groups.setdefault(tuple(files), []).append((str(gene), int(n)))
-    out: list[tuple[GeneSet, int]] = []
-    for files, members in sorted(groups.items()):
-        paths = tuple(index.files[i] for i in files)
-        run: list[str] = []
-        rows = 0
-        for gene, n in members:
-            if run and max_rows is not None and rows + n > max_rows:
-                out.append((GeneSet(tuple(run), paths), rows))
-                run, rows = [], 0
-            run.append(gene)
-            rows += n
-        if run:
-            out.append((GeneSet(tuple(run), paths), rows))
-    return out
-
 
 def _read_xy(dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     x, y, _ = read_rows(dataset, gs, features)
@@ -298,7 +269,6 @@ def fit_dask_binary(
     Early stopping watches ``valid`` (held-out genes); ``train_eval`` (a held-in sample)
     gives the training curve. The booster is trimmed to its best iteration.
     """
-    import xgboost as xgb
     from xgboost import dask as dxgb
     from xgboost.collective import Config
 
@@ -311,13 +281,11 @@ def fit_dask_binary(
             evals.append((dxgb.DaskQuantileDMatrix(client, pair[0], pair[1], max_bin=max_bin, ref=dtrain), name))
     use_es = early_stopping_rounds > 0 and valid is not None
     coll = int(setting("collective-timeout"))
-    # verbosity 0 travels to the workers with XGBoost's global config: no per-fit rank banners
-    with xgb.config_context(verbosity=0):
-        out = dxgb.train(
-            client, dict(params), dtrain, num_boost_round=int(n_estimators), evals=evals or None,
-            early_stopping_rounds=early_stopping_rounds if use_es else None, verbose_eval=False,
-            coll_cfg=Config(timeout=coll, tracker_timeout=coll),
-        )
+    out = dxgb.train(
+        client, dict(params), dtrain, num_boost_round=int(n_estimators), evals=evals or None,
+        early_stopping_rounds=early_stopping_rounds if use_es else None, verbose_eval=False,
+        coll_cfg=Config(timeout=coll, tracker_timeout=coll),
+    )
     booster = out["booster"]
     best = int(booster.best_iteration) if use_es else int(n_estimators) - 1
     if use_es and best + 1 < booster.num_boosted_rounds():

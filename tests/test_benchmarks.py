@@ -1,0 +1,131 @@
+"""Every benchmark case smoke-runs at its ``--tiny`` size, so none can rot.
+
+Each case's ``main(["--tiny"])`` runs for real (LocalClusters, XGBoost, parquet); results go
+to a temporary directory instead of ``benchmarks/results`` and synthetic datasets to a cache
+of this test session. A case module that does not exist yet (or has no ``--tiny``) is skipped
+with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+
+import pytest
+
+from benchmarks.__main__ import CASES
+
+COMMON_KEYS = {"benchmark", "date", "machine"}
+EXPECTED_KEYS = {
+    "orchestration": {"metadask_seconds", "bare_seconds", "ratio", "same_trees", "worker_peak_rss"},
+    "real_data": {"options", "targets", "datasets"},
+    "scale_out": {"one_worker_seconds", "two_worker_seconds", "speedup", "identical_predictions"},
+    "out_of_core": {"matrix_to_memory_ratio", "worker_peak_rss", "checks"},
+    "memory_model": {"results", "worst_abs_error"},
+    "shap_speed": {"distributed_compute_seconds", "max_abs_difference"},
+    "inference": {"rows", "n_estimators", "models"},
+    "growth": {"sizes", "strategies", "runs"},
+}
+
+
+@pytest.fixture(autouse=True)
+def bench_dirs(monkeypatch, tmp_path, tmp_path_factory):
+    """Results in this test's directory; synthetic datasets cached once per session."""
+    import benchmarks.common as common
+
+    cache = tmp_path_factory.getbasetemp() / "bench-cache"
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "CACHE", cache)
+    return tmp_path / "results"
+
+
+def load_case(case: str):
+    if importlib.util.find_spec(f"benchmarks.{case}") is None:
+        pytest.skip(f"benchmark case '{case}' is not written yet (no benchmarks/{case}.py)")
+    module = importlib.import_module(f"benchmarks.{case}")
+    if "--tiny" not in inspect.getsource(module):
+        pytest.skip(f"benchmark case '{case}' has no --tiny option yet")
+    return module
+
+
+def written(results_dir, case: str) -> dict:
+    path = results_dir / f"{case}_tiny.json"
+    assert path.exists(), f"{case} --tiny wrote no {path.name}"
+    return json.loads(path.read_text())
+
+
+# -- closer checks of the cases of the real-data issue (on the JSON the smoke run wrote) ----
+
+def check_real_data(data: dict) -> None:
+    (name, entry), = data["datasets"].items()
+    assert entry["status"] == "ok"
+    runs = entry["strategies"]
+    assert set(runs) == {"single", "batch-ensemble"}
+    for strategy, r in runs.items():
+        assert r["status"] == "ok", f"{strategy}: {r['status']}"
+        for key in ("wall_seconds", "worker_peak_rss", "macro_f1", "ap_donor", "ap_acceptor", "meta_binary_f1",
+                    "meta_binary_ap", "meta_topk_donor", "meta_topk_acceptor", "base_binary_f1", "base_ap_donor",
+                    "base_topk_acceptor"):
+            assert key in r, f"{strategy} lacks {key}"
+        assert r["worker_peak_rss"] > 0
+        assert r["n_rows"] == runs["single"]["n_rows"]
+        assert r["base_binary_f1"] == runs["single"]["base_binary_f1"]  # the same rows, the same base scores
+    assert runs["batch-ensemble"]["n_batches"] >= 2
+
+
+def check_inference(data: dict) -> None:
+    models = data["models"]
+    assert set(models) == {"single", "ensemble K=2"}
+    assert models["ensemble K=2"]["members"] == 2
+    assert models["ensemble K=2"]["trees"] == 2 * models["single"]["trees"]
+    for m in models.values():
+        assert m["in_process_rows_per_s"] > 0 and m["cluster_rows_per_s"] > 0
+
+
+def check_growth(data: dict) -> None:
+    runs = data["runs"]
+    assert [(r["genes"], r["strategy"]) for r in runs] == [
+        (20, "single"), (20, "batch-ensemble"), (40, "single"), (40, "batch-ensemble")]
+    for r in runs:
+        assert r["status"] == "ok", r["status"]
+        assert r["wall_seconds"] > 0 and r["worker_peak_rss"] > 0
+    assert runs[1]["n_batches"] == 1 and runs[3]["n_batches"] == 2  # at most 20 genes per batch
+
+
+CHECKS = {"real_data": check_real_data, "inference": check_inference, "growth": check_growth}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_benchmark_case_runs_at_tiny_size_and_writes_its_json(case, bench_dirs):
+    module = load_case(case)
+    payload = module.main(["--tiny"])
+    data = written(bench_dirs, case)
+    missing = (COMMON_KEYS | EXPECTED_KEYS.get(case, set())) - set(data)
+    assert not missing, f"{case}_tiny.json lacks {sorted(missing)}"
+    assert data["benchmark"] == f"{case}_tiny"
+    if isinstance(payload, dict):
+        assert set(EXPECTED_KEYS.get(case, set())) <= set(payload)
+    if case in CHECKS:
+        CHECKS[case](data)
+
+
+def test_real_data_skips_a_missing_dataset_with_a_clear_message(bench_dirs):
+    load_case("real_data")
+    from benchmarks.real_data import main
+
+    payload = main(["--datasets", "no_such_dataset", "--name", "real_data_missing"])
+    status = payload["datasets"]["no_such_dataset"]["status"]
+    assert status.startswith("skipped") and "not found" in status
+    assert (bench_dirs / "real_data_missing.json").exists()
+
+
+def test_an_unknown_strategy_is_reported_as_not_available():
+    load_case("real_data")
+    from benchmarks.real_data import comparison_table, strategy_available
+
+    assert strategy_available("single") is None
+    why = strategy_available("no-such-strategy")
+    assert why is not None and why.startswith("not available")
+    assert "not available" in comparison_table("x", {"no-such-strategy": {"status": why}})
