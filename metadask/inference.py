@@ -76,6 +76,15 @@ def predict_dataset(
         raise OutputError(f"'{out}' exists. Pass --overwrite to replace it or choose another --out.")
     m = model if isinstance(model, MetaModel) else load_model(model, verbose=True)
     ds = open_dataset(dataset, storage_options=storage_options)
+    from metadask.dataset.schema import is_kmer
+    from metadask.errors import ModelError, preview
+
+    lacking = [f for f in m.features if f not in ds.schema.columns and not is_kmer(f)]
+    if lacking:
+        raise ModelError(
+            f"Dataset lacks {len(lacking)} feature columns the model was trained on: {preview(lacking)}. "
+            "Predict on data with the training dataset's columns."
+        )
     wanted = [c for c in (ds.gene_column, "position", "transcript_id", "chrom", "strand", "absolute_position")
               if c in ds.schema.columns]
     present = [f for f in m.features if f in ds.schema.columns]
