@@ -15,6 +15,7 @@ CASES = [
     "out_of_core",     # batch ensemble on data >= 4x worker memory
     "memory_model",    # estimated vs measured task peak
     "shap_speed",      # distributed pred_contribs vs shap.TreeExplainer
+    "analysis_overhead",  # analysis wall time vs training wall time
     "inference",       # rows/s, single vs ensemble
     "growth",          # cost vs number of genes
 ]

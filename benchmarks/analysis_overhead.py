@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": wall, "analysis_over_training": ratio, "analysis_steps": steps, "timings": t,
         "trees": result.fits[["key", "n_trees"]].to_dict(orient="records"), "load_average": os.getloadavg(),
     }
-    write_result("analysis_overhead" + ("_tiny" if args.tiny else ""), payload)
+    suffix = "_tiny" if args.tiny else "" if args.genes == 1000 else f"_{args.genes}genes"
+    write_result("analysis_overhead" + suffix, payload)
     return payload
 
 

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["fitted_constants"] = fitted = fit_constants(results)
         summary.append(("least-squares constants", ", ".join(f"{k}={v:,.1f}" for k, v in fitted.items())))
     print(table(summary))
-    write_result("memory_model" + ("_tiny" if args.tiny else ""), payload)
+    write_result("memory_model" + ("_tiny" if args.tiny else "") + ("_worker_env" if args.worker_env else ""), payload)
     return payload
 
 

@@ -295,7 +295,8 @@ def run_dataset(name: str, path: str, strategies: list[str], opts: dict[str, Any
             runs[strategy] = {"status": f"failed: {type(exc).__name__}: {exc}"[:500]}
             continue
         result = rec.pop("result")
-        runs[strategy] = {"status": "ok", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": sopts, **rec,
+        runs[strategy] = {"status": "ok", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": sopts,
+                          "dask_environment": {k: v for k, v in os.environ.items() if k.startswith("DASK_")}, **rec,
                           **_model_facts(result), **oof_metrics(result)}
         r = runs[strategy]
         print(f"  {strategy}: {r['wall_seconds']:.0f} s, binary F1 {r['meta_binary_f1']:.3f} "
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "options": {**opts, "max_genes_per_batch (batch-ensemble)": args.max_genes_per_batch,
                     "workers": args.workers, "threads_per_worker": args.threads_per_worker},
         "targets": TARGETS, "base_reference_real_fly_3mer": BASE_REFERENCE, "datasets": {},
+        "dask_environment": {k: v for k, v in os.environ.items() if k.startswith("DASK_")},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in datasets.items():

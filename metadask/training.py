@@ -200,7 +200,7 @@ def train(
         if config.analysis:
             from metadask.analysis.run import run_analysis
 
-            artifacts += run_analysis(result, ctx, out, notes)
+            artifacts += run_analysis(result, ctx, out, notes, _screening_lines(screening))
         else:
             notes.append("Analysis skipped (--no-analysis): no plots, SHAP, importance or overfitting artifacts.")
         timings["analysis"] = time.perf_counter() - t

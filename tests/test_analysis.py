@@ -366,3 +366,28 @@ def _other_strategies() -> list[str]:
 def test_every_strategy_writes_the_same_artifact_set(run, tiny_dataset, cluster, tmp_path, strategy):
     _train(tiny_dataset, tmp_path / strategy, cluster, strategy=strategy, max_genes_per_batch=20)
     assert artifact_set(tmp_path / strategy) == artifact_set(run.out)
+    notes = json.loads((tmp_path / strategy / "training_summary.json").read_text())["notes"]
+    assert not any("failed" in n for n in notes), notes
+    shap = json.loads((tmp_path / strategy / "shap_analysis" / "shap_summary.json").read_text())
+    assert shap["additivity"]["passed"], shap["additivity"]
+
+
+# -- benchmarks cannot rot ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("case", ["shap_speed", pytest.param("analysis_overhead", marks=pytest.mark.slow)])
+def test_analysis_benchmarks_run_on_tiny_sizes(case):
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{case}", "--tiny"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((ROOT / "benchmarks" / "results" / f"{case}_tiny.json").read_text())
+    if case == "shap_speed":
+        assert result["max_abs_difference"] < 1e-4 and result["additivity"]["passed"]
+        assert "compute speedup vs 1 thread" in proc.stdout
+    else:
+        assert result["analysis_seconds"] > 0 and result["training_seconds"] > 0
+        assert "analysis / training" in proc.stdout

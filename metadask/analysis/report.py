@@ -142,8 +142,8 @@ def build_report(
         d = per_gene.dropna(subset=["delta_f1"])
         body = (f"<p>{int((d['delta_f1'] > 0).sum())} genes improved, {int((d['delta_f1'] < 0).sum())} got worse, "
                 f"{int((d['delta_f1'] == 0).sum())} unchanged (splice-vs-neither F1, out-of-fold).</p>"
-                "<h3>Largest improvements</h3>" + frame_table(d.nlargest(10, "delta_f1"), cols)
-                + "<h3>Largest regressions</h3>" + frame_table(d.nsmallest(10, "delta_f1"), cols))
+                "<h3>Largest improvements</h3>" + frame_table(d[d["delta_f1"] > 0].nlargest(10, "delta_f1"), cols)
+                + "<h3>Largest regressions</h3>" + frame_table(d[d["delta_f1"] < 0].nsmallest(10, "delta_f1"), cols))
         sec.append(("genes", "Per gene, base vs meta", body))
     if importance is not None and not importance.empty:
         cols = [c for c in ("feature", "gain", "gain_rank", "mean_abs_shap", "shap_rank", "perm_ap_drop_insample", "perm_rank")

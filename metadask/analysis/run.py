@@ -114,7 +114,7 @@ def _n_parts(ctx: Any, rows: int) -> int:
     return max(1, min(2 * threads, math.ceil(rows / ROWS_PER_PARTITION)))
 
 
-def _summary_text(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) -> str:
+def _summary_text(result: TrainingResult, ctx: Any, out: Path, notes: list[str], screening_lines: list[str] | None = None) -> str:
     from metadask.analysis.summary import summary_dict, summary_text
 
     listed = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
@@ -125,10 +125,11 @@ def _summary_text(result: TrainingResult, ctx: Any, out: Path, notes: list[str])
         "strategy_label": result.details.get("strategy_label", result.strategy),
         "artifacts": sorted({*listed, "report.html", "training_summary.txt", "training_summary.json"}), "notes": list(notes),
     }
-    return summary_text(summary_dict(result, meta))
+    return summary_text(summary_dict(result, meta), screening_lines)
 
 
-def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) -> list[str]:
+def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
+                 screening_lines: list[str] | None = None) -> list[str]:
     """Write every analysis artifact for ``result`` into ``out``; return their descriptions.
 
     Parameters
@@ -141,6 +142,8 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) 
         The run's output directory.
     notes
         Lines for the summary's NOTES section; skipped or failed steps are appended here.
+    screening_lines
+        The "Features Used / Excluded" section, repeated in the report's summary.
     """
     from metadask.analysis import evaluation, importance, overfitting, report
     from metadask.analysis import shap as shap_mod
@@ -192,7 +195,7 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str]) 
                          + (" and comparison plot" if plots else ""))
     def _report() -> Path:
         return report.write_report(
-            out, summary_text=_summary_text(result, ctx, out, notes), evaluation=ev_summary,
+            out, summary_text=_summary_text(result, ctx, out, notes, screening_lines), evaluation=ev_summary,
             fold_metrics=result.fold_metrics, per_gene=per_gene, importance=imp_table,
             overfitting=ovf[0] if ovf else None, shap=shap_result.summary if shap_result else None, notes=notes,
             title=f"metadask training report: {result.details.get('strategy_label', result.strategy)}",

@@ -74,11 +74,24 @@ def ensemble_lines(details: dict[str, Any]) -> list[str]:
     """The "ENSEMBLE DETAILS" lines: collections in the strategy details (members, batches,
     weights) by size, and the ensemble's own CV (``ensemble_cv_results``) as mean ± std."""
     lines: list[str] = []
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, (int, float)) for x in v)
+
+    def short(values: Any, n: int = 10) -> str:
+        shown = ", ".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in list(values)[:n])
+        return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
     for k, v in details.items():
-        if k == "ensemble_cv_results":
+        if k == "ensemble_cv_results" or not isinstance(v, (list, tuple, dict)) or not v:
             continue
-        if isinstance(v, (list, tuple, dict)) and v:
-            lines.append(f"{k.replace('_', ' ').title()}: {len(v)} entries")
+        title = k.replace("_", " ").title()
+        if isinstance(v, dict) and all(numbers(x) for x in v.values()):
+            lines += [f"{title} ({key}): {short(x)}" for key, x in v.items()]
+        elif isinstance(v, dict) and all(isinstance(x, (list, tuple)) for x in v.values()):
+            lines.append(f"{title}: {len(v)} (sizes {short([len(x) for x in v.values()])})")
+        else:
+            lines.append(f"{title}: {len(v)} entries")
     ens = details.get("ensemble_cv_results")
     rows = pd.DataFrame(ens) if isinstance(ens, (list, pd.DataFrame)) else None
     if rows is not None and not rows.empty:
