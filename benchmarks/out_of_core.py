@@ -152,7 +152,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--genes-per-file", type=int, default=100)
     ap.add_argument("--min-ratio", type=float, default=4.0)
     ap.add_argument("--tiny", action="store_true", help="smoke run: 60 genes (3-mers) on 2 x 1 GB workers, 10 trees")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines from metadask")
     args = ap.parse_args(argv)
+    if not args.quiet:
+        import logging
+
+        logger = logging.getLogger("metadask")
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     if args.tiny:
         args.genes, args.kmers, args.memory_limit, args.n_estimators, args.genes_per_file, args.min_ratio = \
             60, "3", "1GB", 10, 20, 0.0

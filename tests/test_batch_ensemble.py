@@ -264,3 +264,38 @@ def test_scale_out_benchmark_smoke_run():
     r = main(["--tiny"])
     assert r["identical_predictions"] and r["n_batches"] == 3
     assert r["speedup"] > 0
+
+
+def test_scoring_members_never_include_the_own_batch_and_are_seeded():
+    from metadask.strategies.batch_ensemble import scoring_members
+
+    assert scoring_members(2, 5, 0, seed=1) == [0, 1, 3, 4]  # 0: every other member
+    assert scoring_members(2, 5, 10, seed=1) == [0, 1, 3, 4]
+    picked = scoring_members(7, 40, 10, seed=1)
+    assert len(picked) == 10 and 7 not in picked and picked == sorted(set(picked))
+    assert picked == scoring_members(7, 40, 10, seed=1) and picked != scoring_members(7, 40, 10, seed=2)
+
+
+def test_leave_batch_out_scoring_can_be_capped_to_fewer_members(client, tiny_dataset, tmp_path):
+    import dask.config
+
+    import metadask
+    from metadask.strategies.batch_ensemble import scoring_members
+
+    with dask.config.set({"metadask.ensemble-cv-members": 1}):
+        r = metadask.train(tiny_dataset, tmp_path / "run", client=client, strategy="batch-ensemble",
+                           **{**OPTS, "n_estimators": 10})
+    assert r.details["ensemble_cv_members"] == 1 and "scored by 1 of the 2 members" in r.details["ensemble_cv_note"]
+    assert all(row["members_used"] == 1 for row in r.details["ensemble_cv"])
+    model = load_model(f"{r.out_dir}/model")
+    from metadask.dataset import build_gene_index, open_dataset
+    from metadask.strategies.tasks import GeneSet, read_rows
+
+    ds = open_dataset(tiny_dataset)
+    index = build_gene_index(ds)
+    genes = r.details["batches"]["0"]
+    x, _, meta = read_rows(ds, GeneSet(tuple(genes), tuple(index.files_for(genes))), model.features)
+    expected = model.predict_margin(x, members=scoring_members(0, 3, 1, OPTS["seed"]))
+    got = r.oof[r.oof["fold"] == 0].sort_values(["gene", "position"], kind="stable")
+    order = meta.assign(i=np.arange(len(meta))).sort_values(["gene_id", "position"], kind="stable")["i"].to_numpy()
+    assert np.allclose(got[[f"margin_{c}" for c in LABELS]].to_numpy(), expected[order], atol=1e-5)

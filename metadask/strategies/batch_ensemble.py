@@ -47,6 +47,34 @@ log = logging.getLogger("metadask")
 
 _BATCH_SEED = 7919
 """Offset mixed into the seed for batch packing (folds use the plain seed)."""
+DEFAULT_CV_MEMBERS = 10
+"""Leave-batch-out: at most this many members score a gene (``metadask.ensemble-cv-members``)."""
+
+
+def cv_members(setting_value: object = None) -> int:
+    """Most members that score a gene in leave-batch-out CV (0: every member but its own)."""
+    import dask.config
+
+    value = dask.config.get("metadask.ensemble-cv-members", DEFAULT_CV_MEMBERS) if setting_value is None else setting_value
+    try:
+        n = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        from metadask.errors import option_error
+
+        raise option_error("ensemble-cv-members", "must be an integer >= 0 (0: every other member)", value,
+                           "Set e.g. DASK_METADASK__ENSEMBLE_CV_MEMBERS=10.")
+    return n
+
+
+def scoring_members(batch: int, n_batches: int, limit: int, seed: int) -> list[int]:
+    """The members that score batch ``batch``'s genes: never its own; a seeded choice of ``limit``."""
+    others = [j for j in range(n_batches) if j != batch]
+    if limit <= 0 or len(others) <= limit:
+        return others
+    rng = np.random.default_rng([seed, _BATCH_SEED, batch])
+    return sorted(int(j) for j in rng.choice(others, size=limit, replace=False))
 
 
 def pack_batches(sizes: pd.Series, genes_per_batch: int, seed: int) -> pd.Series:
@@ -116,7 +144,7 @@ def _chunks(index: GeneIndex, genes: Sequence[str], genes_per_task: int, seed: i
     return [sorted(groups.index[groups == g]) for g in range(int(groups.max()) + 1)]
 
 
-def ensemble_cv_table(result: TrainingResult) -> pd.DataFrame:
+def ensemble_cv_results(result: TrainingResult) -> pd.DataFrame:
     """Per-fold figures of the ensemble's honest CV (``ensemble_cv_results.csv``).
 
     Uses the calibrated ``prob_*`` columns of ``result.oof`` when present (after
@@ -224,9 +252,13 @@ class BatchEnsembleStrategy(Strategy):
         cv_items: dict[str, tuple[FitSpec, Any]] = {}
         oof_parts: list[tuple[int, Any]] = []
         cv_info: list[dict[str, Any]] = []
+        limit = cv_members()
         if mode == "leave-batch-out":
+            if 0 < limit < n_batches - 1:
+                note = (f"Leave-batch-out CV: each gene is scored by {limit} of the {n_batches - 1} members that never "
+                        "saw it (a seeded choice; metadask.ensemble-cv-members), so the cost stays linear in the data.")
             for b in range(n_batches):
-                others = [j for j in range(n_batches) if j != b]
+                others = scoring_members(b, n_batches, limit, cfg.seed)
                 genes = sorted(batches.index[batches == b])
                 oof_parts += [(b, f) for f in self._predict(ctx, genes, [members[j] for j in others], f"b{b}", cfg.seed + b)]
                 cv_info.append({"fold": b, "members_used": len(others), "scored_by": " ".join(f"member{j}" for j in others),
@@ -265,6 +297,7 @@ class BatchEnsembleStrategy(Strategy):
         details: dict[str, Any] = {
             "n_batches": n_batches, "genes_per_batch": self.genes_per_batch(ctx), "ensemble_method": cfg.ensemble_method,
             "ensemble_cv_mode": mode, "ensemble_cv": cv_info,
+            "ensemble_cv_members": max(len(i["scored_by"].split()) for i in cv_info) if mode == "leave-batch-out" else None,
             "batches": {str(b): sorted(batches.index[batches == b]) for b in range(n_batches)},
             "member_weights": {LABELS[k]: [round(float(w), 6) for w in weights[:, k]] for k in range(len(LABELS))},
         }
@@ -275,5 +308,5 @@ class BatchEnsembleStrategy(Strategy):
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=folds, details=details,
         )
-        result.details["ensemble_cv_results"] = ensemble_cv_table(result)
+        result.details["ensemble_cv_results"] = ensemble_cv_results(result)
         return result
