@@ -377,7 +377,9 @@ def test_every_strategy_writes_the_same_artifact_set(run, tiny_dataset, cluster,
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("case", ["shap_speed", pytest.param("analysis_overhead", marks=pytest.mark.slow)])
+# the default suite smoke-runs every case in tests/test_benchmarks.py; these closer checks are slow-only
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["shap_speed", "analysis_overhead"])
 def test_analysis_benchmarks_run_on_tiny_sizes(case):
     import sys
 

@@ -253,6 +253,7 @@ def test_a_batch_without_splice_sites_is_a_clear_error():
         _check_batch(GeneIndex(table, ("f",)), ["a", "b"], "Batch 3")
 
 
+@pytest.mark.slow  # the default suite smoke-runs it in tests/test_benchmarks.py
 def test_scale_out_benchmark_smoke_run():
     """``python -m benchmarks scale_out --tiny``: same batches and predictions on 1 and 2 workers."""
     import sys
