@@ -14,8 +14,9 @@ the same ensemble type, so its predictions cost what is measured here.
 Measured, on the dataset's rows:
 
 * **in process:** ``model.predict_proba(frame)`` on a pandas frame of every column (what a
-  user passes); XGBoost uses its default threads (every core); median of ``--repeats`` calls
-  after one warm-up call;
+  user passes); XGBoost uses its default threads (every core; ``OMP_WAIT_POLICY=PASSIVE``
+  unless set otherwise); median of ``--repeats`` rounds after one warm-up call, the models
+  interleaved in each round;
 * **on a LocalCluster** (2 workers x 1 thread by default): ``metadask.predict_dataset(model,
   dataset, out)``, which reads the parquet files on the workers, scores each partition and
   writes one parquet file; the cluster is started (and warmed by one call) outside the timing.
@@ -31,6 +32,10 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# Before XGBoost (libgomp) loads: idle OpenMP threads sleep instead of spinning, as metadask
+# sets for its workers; on a shared machine spinning threads steal the cores that do the work.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import statistics
 import tempfile
 import time
@@ -61,7 +66,9 @@ def build_models(path: str, n_estimators: int, max_members: int, fit_rows: int,
     x = frame[features].to_numpy(dtype=np.float32)
     y = encode_labels(frame[ds.label_column], ds.label_column)
     params = TrainConfig().xgb_params()
-    nthread = os.cpu_count() or 1
+    # one thread: on a loaded machine OpenMP threads spin-waiting at each round's barriers made
+    # the (untimed) model building ~5x slower than its work; one thread has no barriers
+    nthread = 1
 
     rng = np.random.default_rng(seed)
 
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "genes": args.genes, "n_estimators": args.n_estimators, "fit_rows": args.fit_rows, "members": ks,
         "repeats": args.repeats,
         "workers": args.workers, "threads_per_worker": 1, "in_process_xgboost_threads": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         **facts, "models": per_model, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "ensemble_class": "metadask.models.ensemble.EnsembleModel",
     }
