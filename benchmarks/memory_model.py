@@ -4,7 +4,7 @@ For each synthetic dataset size (3-mers and 3+5-mers), one batch-ensemble member
 every gene of the dataset (fit genes + validation genes inside the batch, a held-in eval
 sample, early stopping) runs on a fresh Dask worker (1 worker x 1 thread, no memory limit;
 a new LocalCluster for each task). The measured peak is the worker process's peak
-RSS (``ru_maxrss``, what the worker's memory limit sees); the estimate is
+RSS (``VmHWM``, what the worker's memory limit sees); the estimate is
 :func:`metadask.plan.task_peak_bytes`. Target: measured within +-25 % of the estimate.
 
     python -m benchmarks memory_model [--sizes 50:3,400:3,150:3+5:150,400:3+5:25,...]
@@ -17,13 +17,13 @@ recalibrate :mod:`metadask.plan` on other machines or library versions).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import synthetic, table, write_result
+from metadask.dataset.memory import process_peak_rss
 
 DEFAULT_SIZES = "50:3,150:3,400:3,400:3:400,20:3+5:10,50:3+5,150:3+5,150:3+5:150,400:3+5,400:3+5:100,400:3+5:25"
 
@@ -49,7 +49,7 @@ def _worker_rss() -> dict[str, int]:
 
     gc.collect()
     return {"rss": psutil.Process().memory_info().rss,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak": process_peak_rss()}
 
 
 def measure(client: Any, path: str, n_estimators: int, seed: int = 42) -> dict[str, Any]:

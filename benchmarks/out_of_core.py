@@ -5,7 +5,7 @@ default pause / terminate thresholds) trains a synthetic dataset whose float32 t
 matrix is ``>= --min-ratio`` x the total worker memory, with ``--strategy auto`` (which must
 choose the batch ensemble). Worker processes are sampled every 0.1 s (RSS) and the
 scheduler's view (status, addresses) every 0.5 s: the run passes when the ensemble trained,
-no worker was paused, killed or restarted, and every worker's peak RSS (``ru_maxrss``, the
+no worker was paused, killed or restarted, and every worker's peak RSS (``VmHWM``, the
 true peak) stayed under the limit.
 
     python -m benchmarks out_of_core [--genes 4000] [--kmers 3+5] [--workers 2]
@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 import threading
 import time
 from typing import Any
 
 from benchmarks.common import synthetic, table, write_result
+from metadask.dataset.memory import process_peak_rss
 
 
 def _worker_state(dask_worker: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), "status": str(dask_worker.status.name),
-            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": process_peak_rss()}
 
 
 class WorkerMonitor:
@@ -113,7 +113,7 @@ def run(
                                     n_estimators=n_estimators, analysis=False, overwrite=True)
             seconds = time.perf_counter() - t
         final = client.run(_worker_state)
-    true_peak = {w: s["ru_maxrss"] for w, s in final.items()}
+    true_peak = {w: s["peak_rss"] for w, s in final.items()}
     restarted = sorted(mon.seen_addresses - mon.addresses) or sorted(set(mon.addresses) - set(final))
     fm = result.fold_metrics
     payload = {

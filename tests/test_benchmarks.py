@@ -25,7 +25,7 @@ EXPECTED_KEYS = {
     "out_of_core": {"matrix_to_memory_ratio", "worker_peak_rss", "checks"},
     "memory_model": {"results", "worst_abs_error"},
     "shap_speed": {"distributed_compute_seconds", "max_abs_difference"},
-    "inference": {"rows", "n_estimators", "models"},
+    "inference": {"rows", "n_estimators", "models", "frame_to_matrix_rows_per_s"},
     "growth": {"sizes", "strategies", "runs"},
 }
 

@@ -22,3 +22,27 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def process_peak_rss() -> int:
+    """Peak resident memory of this process in bytes (0 where the platform cannot tell).
+
+    Linux's ``VmHWM`` is used where present: ``getrusage().ru_maxrss`` survives ``exec`` and so
+    reports the *parent's* peak for a freshly spawned Dask worker (a worker started from a
+    700 MiB pytest or notebook process would report 700 MiB before doing anything).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+    except (ImportError, OSError):
+        return 0

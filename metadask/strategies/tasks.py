@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from metadask.dataset.index import GeneIndex
+from metadask.dataset.memory import process_peak_rss
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.dataset.source import Dataset, label_vector
 from metadask.models.boosted import FitOutput, booster_from_bytes, booster_margins, fit_binary
@@ -125,12 +126,7 @@ def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequen
         x_valid=xv, y_valid=yv, x_train_eval=xe, y_train_eval=ye,
         early_stopping_rounds=esr, nthread=nthread, feature_names=features,
     )
-    try:
-        import resource
-
-        out.peak_rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except (ImportError, OSError):
-        pass
+    out.peak_rss = process_peak_rss()
     return out
 
 
