@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from benchmarks.common import synthetic, table, write_result
+from metadask.cluster import workers_info
 from metadask.dataset.memory import process_peak_rss
 
 
@@ -57,7 +58,7 @@ class WorkerMonitor:
     def _scheduler_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                info = self.client.scheduler_info(n_workers=-1)["workers"]
+                info = workers_info(self.client)
             except Exception:  # noqa: BLE001 - keep sampling
                 info = {}
             self.seen_addresses |= set(info)

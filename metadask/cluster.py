@@ -73,10 +73,19 @@ class ClusterSpec:
         return sum(self.threads)
 
 
+def workers_info(client: Client) -> dict[str, dict[str, Any]]:
+    """Every connected worker's entry (address -> identity), asked of the scheduler directly.
+
+    ``Client.scheduler_info(n_workers=-1)`` is not used: the client's periodic refresh asks
+    for ``n_workers=0`` and can overwrite the answer just fetched (distributed 2026.8), so about
+    one call in a thousand reports no workers at all.
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1).get("workers", {}))
+
+
 def describe(client: Client) -> ClusterSpec:
     """Read the workers' threads and memory limits from the scheduler."""
-    info = client.scheduler_info(n_workers=-1)
-    workers = info.get("workers", {})
+    workers = workers_info(client)
     try:
         dashboard = client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard is fine
@@ -160,14 +169,14 @@ def _connect_remote(address: str, timeout: float) -> Client:
 
 def wait_for_workers(client: Client, n: int, timeout: float) -> None:
     """Wait until ``n`` workers are connected; :class:`ClusterError` naming how many came."""
-    have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    have = len(workers_info(client))
     if have >= n:
         return
     log.info("Waiting up to %g s for %d workers (%d connected) at %s", timeout, n, have, client.scheduler.address)
     try:
         client.wait_for_workers(n, timeout=timeout)
     except TimeoutError:
-        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        have = len(workers_info(client))
         raise ClusterError(
             f"Only {have} of the {n} workers asked for (--min-workers) connected to {client.scheduler.address} "
             f"within {timeout:g} s. Start more workers, lower --min-workers, or raise --worker-wait-timeout."
@@ -264,7 +273,7 @@ def check_workers(client: Client) -> dict[str, dict[str, Any]]:
         if problem:
             bad[worker] = problem
     if bad:
-        names = {a: w.get("name") for a, w in client.scheduler_info(n_workers=-1).get("workers", {}).items()}
+        names = {a: w.get("name") for a, w in workers_info(client).items()}
         label = {w: f"{w} ({names[w]})" if names.get(w) not in (None, w) else w for w in bad}
         details = preview(f"{label[w]} [{p}]" for w, p in bad.items())
         raise ClusterError(

@@ -18,7 +18,7 @@ import pytest
 from distributed import Client
 
 import metadask
-from metadask.cluster import check_workers, client_versions, connect, describe, worker_problem, worker_probe
+from metadask.cluster import check_workers, client_versions, connect, describe, worker_problem, worker_probe, workers_info
 from metadask.config import env_scheduler_address
 from metadask.errors import ClusterError, ConfigError
 
@@ -138,7 +138,7 @@ def test_bad_cluster_options_are_rejected_before_anything_starts(kwargs, match):
 # -- worker checks ------------------------------------------------------------------------------
 def test_check_workers_reports_every_workers_versions(client):
     versions = check_workers(client)
-    assert sorted(versions) == sorted(client.scheduler_info(n_workers=-1)["workers"])
+    assert sorted(versions) == sorted(workers_info(client))
     for found in versions.values():
         assert found["metadask"] == metadask.__version__
         assert worker_problem(found, client_versions()) is None
@@ -210,3 +210,12 @@ def test_local_sizing_options_given_with_a_remote_scheduler_are_reported_not_dro
     finally:
         logger.removeHandler(caplog.handler)
     assert f"--n-workers, --memory-limit apply only to a local cluster; ignored with the scheduler at {cluster.scheduler_address}" in caplog.text
+
+
+def test_workers_info_asks_the_scheduler_not_the_clients_cached_identity(client):
+    """The client's periodic refresh stores an identity without workers; workers_info must not see it."""
+    n = len(client.run(lambda: 1))
+    for _ in range(50):
+        client.sync(client._update_scheduler_info, n_workers=0)  # what the periodic refresh does
+        assert len(workers_info(client)) == n
+    assert describe(client).n_workers == n

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from metadask.cluster import workers_info
 from metadask.dataset import build_gene_index, inspect_dataset, open_dataset, read_sample, representative_genes
 from metadask.errors import DatasetError
 
@@ -88,7 +89,7 @@ def test_workers_build_the_gene_index_from_s3(client, s3_url, storage_options, l
     pd.testing.assert_frame_equal(index.table, expected.table)
     assert index.files == remote.files
     ran_on = {t["worker"] for t in stream.data if "metadask-index-" in str(t["key"])}
-    assert ran_on and ran_on <= set(client.scheduler_info(n_workers=-1)["workers"])
+    assert ran_on and ran_on <= set(workers_info(client))
 
 
 def test_representative_sample_from_s3_equals_the_local_one(client, s3_url, storage_options, local_dataset):

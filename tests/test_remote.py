@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 from distributed import Client
 
-from metadask.cluster import check_workers, connect, describe
+from metadask.cluster import check_workers, connect, describe, workers_info
 from metadask.errors import ClusterError
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -161,7 +161,7 @@ def closed_port_address():
 
 
 def _worker_names(client: Client) -> list[str]:
-    return sorted(w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    return sorted(w["name"] for w in workers_info(client).values())
 
 
 def test_connect_with_scheduler_address_uses_the_remote_workers(remote, no_default_client):

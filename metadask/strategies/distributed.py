@@ -39,6 +39,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from metadask.cluster import workers_info
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
 from metadask.errors import ClusterError, TrainingError
@@ -142,7 +143,7 @@ def place_rows(client: Any, dataset: Dataset, parts: Sequence[tuple[GeneSet, int
 # -- the watchdog ---------------------------------------------------------------------
 
 def _workers(client: Any) -> set[str]:
-    return set(client.scheduler_info(n_workers=-1)["workers"])
+    return set(workers_info(client))
 
 
 def wait_for_workers(client: Any, n: int, timeout: float) -> set[str]:
