@@ -56,6 +56,23 @@ def growth_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
 
 
+def earlier_runs(name: str, payload: dict[str, Any], sizes: list[int], strategies: list[str]) -> list[dict[str, Any]]:
+    """Runs of an earlier result file made with the same options, for sizes or strategies not rerun now."""
+    import json
+
+    from benchmarks.common import RESULTS
+
+    path = RESULTS / f"{name}.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    same = ("n_estimators", "n_folds", "max_genes_per_batch", "workers", "threads_per_worker")
+    if any(old.get(k) != payload[k] for k in same):
+        return []
+    return [r for r in old.get("runs", []) if not (r["genes"] in sizes and r["strategy"] in strategies)]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of genes, comma-separated")
@@ -65,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-genes-per-batch", type=int, default=1200, help="batch-ensemble only (CLI default 1200)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="smoke run: 20 and 40 genes, 10 trees, 2 folds, 20 genes/batch")
+    ap.add_argument("--fresh", action="store_true",
+                    help="drop the runs of an earlier result file (by default, runs of other sizes or strategies "
+                         "made with the same options are kept)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.sizes, args.n_estimators, args.n_folds, args.max_genes_per_batch = "20,40", 10, 2, 20
@@ -76,9 +96,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_genes_per_batch": args.max_genes_per_batch, "workers": args.workers, "threads_per_worker": 1,
         "runs": [], "dataset_seconds": {},
     }
+    kept = [] if args.fresh else earlier_runs(name, payload, sizes, strategies)
     from metadask.dataset.index import build_gene_index
     from metadask.dataset.source import open_dataset
 
+    if kept:
+        print(f"  keeping {len(kept)} run(s) of an earlier {name}.json made with the same options (--fresh drops them)")
+        payload["runs"] = kept
+        payload["sizes"] = sorted({r["genes"] for r in kept} | set(sizes))
+        payload["strategies"] = sorted({r["strategy"] for r in kept} | set(strategies))
     with tempfile.TemporaryDirectory() as tmp:
         for genes in sizes:
             t = time.perf_counter()
@@ -114,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            n_batches=int(result.details.get("n_batches", 1)),
                            meta_binary_f1=prediction_metrics(result.oof)["meta_binary_f1"], **m)
                 payload["runs"].append(rec)
+                payload["runs"].sort(key=lambda r: (r["genes"], r["strategy"]))
                 print(f"  {genes} genes, {strategy}: {rec['wall_seconds']:.1f} s, peak/worker "
                       f"{rec['worker_peak_rss'] / 2**20:.0f} MiB", flush=True)
                 write_result(name, payload)  # after every run: a long run keeps what finished

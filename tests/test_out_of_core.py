@@ -39,4 +39,6 @@ def test_out_of_core_benchmark_smoke_run():
 
     r = main(["--tiny"])
     assert r["strategy"] in ("single", "batch-ensemble")
+    assert r["passed"], r["checks"]
     assert r["checks"]["no worker killed or restarted"] and r["checks"]["peak worker memory under the limit"]
+    assert 0 < max(r["worker_peak_rss"].values()) < r["memory_limit"]
