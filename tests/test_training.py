@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -166,13 +167,19 @@ def test_the_manifest_records_what_inference_needs(trained):
     assert manifest["training"]["n_estimators"] == FAST["n_estimators"]
 
 
-def test_same_seed_gives_bitwise_identical_oof_predictions_on_one_and_two_workers(trained, tiny_dataset, tmp_path):
+def test_same_seed_gives_bitwise_identical_oof_predictions_on_one_and_two_workers(trained, tiny_dataset, tmp_path, caplog):
     result, _ = trained
+    caplog.set_level(logging.INFO, logger="metadask")
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as one, Client(one, set_as_default=False) as c1:
         again = metadask.train(str(tiny_dataset), tmp_path / "one", client=c1, strategy="single", **FAST)
     cols = ["margin_neither", "margin_donor", "margin_acceptor", "prob_neither", "prob_donor", "prob_acceptor"]
     pd.testing.assert_frame_equal(again.oof[cols], result.oof[cols], check_exact=True)
     assert again.folds.equals(result.folds)
+    # progress: a line per finished fit and per out-of-fold prediction task
+    lines = [r.getMessage() for r in caplog.records if r.name == "metadask"]
+    assert sum("CV fit cv-f" in m for m in lines) == 3 * FAST["n_folds"]
+    oof_lines = [m for m in lines if "out-of-fold predictions" in m and m.startswith("[")]
+    assert len(oof_lines) == FAST["n_folds"] and oof_lines[-1].startswith(f"[{FAST['n_folds']}/{FAST['n_folds']}]")
 
 
 def test_cli_train_and_library_give_the_same_predictions_and_predict_writes_ids_and_classes(trained, tiny_dataset, tmp_path, cluster):

@@ -96,6 +96,26 @@ class TrainContext:
             )
         return results
 
+    def gather_logged(self, futures: Sequence[Any], what: str) -> list[Any]:
+        """Gather ``futures`` in order, logging a line as each finishes (frames: with their rows)."""
+        from distributed import as_completed
+
+        if len(futures) <= 1:
+            return list(self.client.gather(list(futures)))
+        where: dict[str, list[int]] = {}
+        for i, f in enumerate(futures):
+            where.setdefault(f.key, []).append(i)
+        unique = list({f.key: f for f in futures}.values())
+        results: list[Any] = [None] * len(futures)
+        t0 = time.perf_counter()
+        for n, fut in enumerate(as_completed(unique, loop=self.client.loop), 1):
+            part = fut.result()
+            for i in where[fut.key]:
+                results[i] = part
+            rows = f", {len(part):,} rows" if hasattr(part, "__len__") and not isinstance(part, (str, bytes)) else ""
+            log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(unique), what, rows, time.perf_counter() - t0)
+        return results
+
 
 def fits_frame(specs: Sequence[FitSpec], outputs: dict[str, FitOutput]) -> pd.DataFrame:
     """One row per fit, for :attr:`TrainingResult.fits`."""

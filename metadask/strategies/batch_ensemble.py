@@ -280,7 +280,7 @@ class BatchEnsembleStrategy(Strategy):
                  n_batches, self.genes_per_batch(ctx), len(member_items), len(cv_items), len(oof_parts), mode)
         outputs = ctx.collect(cv_items, "CV member fit") if cv_items else {}
         outputs.update(ctx.collect(member_items, "member fit"))
-        parts = ctx.client.gather([f for _, f in oof_parts])
+        parts = ctx.gather_logged([f for _, f in oof_parts], "out-of-fold predictions")
         oof = pd.concat([p.assign(fold=fold) for (fold, _), p in zip(oof_parts, parts)], ignore_index=True)
 
         member_fits = [[outputs[f"member-b{b}-{c}"] for c in LABELS] for b in range(n_batches)]

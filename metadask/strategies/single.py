@@ -64,7 +64,7 @@ class SingleStrategy(Strategy):
                  len(cv_items), len(final_items), len(oof_futures))
         outputs = ctx.collect(cv_items, "CV fit")
         outputs.update(ctx.collect(final_items, "final fit"))
-        parts = ctx.client.gather(oof_futures)
+        parts = ctx.gather_logged(oof_futures, "out-of-fold predictions")
         oof = pd.concat([p.assign(fold=fp.fold) for p, fp in zip(parts, ctx.fold_plans)], ignore_index=True)
         model = BoosterModel([booster_from_bytes(outputs[f"final-{c}"].booster) for c in LABELS], ctx.features)
         model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
