@@ -1,6 +1,6 @@
 """Out of core: the batch ensemble trains data >= 4x the workers' memory without pausing or killing them.
 
-Slow (about 1.5 h on two busy cores, plus ~18 min to generate the 4,000-gene dataset the
+Slow (about 45 min on two quiet cores, plus a few minutes to generate the 4,400-gene dataset the
 first time; it is cached under ``METADASK_BENCH_CACHE``). Runs ``benchmarks/out_of_core.py``;
 ``METADASK_OOC_GENES`` / ``METADASK_OOC_MEMORY`` change the size (keep genes x 850 rows x
 ~1,150 features x 4 bytes >= 4x the total worker memory).
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def test_batch_ensemble_trains_data_four_times_the_worker_memory():
     from benchmarks.out_of_core import run
 
-    genes = int(os.environ.get("METADASK_OOC_GENES", "4000"))
+    genes = int(os.environ.get("METADASK_OOC_GENES", "4400"))
     memory = os.environ.get("METADASK_OOC_MEMORY", "2GB")
     # 20 genes per file: decoding one file of 1,900 float64 columns stays well inside a 2 GB worker
     r = run(genes=genes, kmers=(3, 5), workers=2, memory_limit=memory, n_estimators=30, n_folds=3,
