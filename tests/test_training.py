@@ -324,3 +324,15 @@ def test_a_file_in_place_of_the_output_directory_is_refused(tiny_dataset, tmp_pa
     with pytest.raises(OutputError):
         metadask.train(str(tiny_dataset), f, **FAST)
     assert f.read_text() == "keep me"
+
+
+def test_calibration_cross_fits_over_at_most_five_groups_of_whole_folds():
+    from metadask.training import calibration_groups
+
+    few = np.repeat([3, 0, 7], 4)
+    np.testing.assert_array_equal(calibration_groups(few), np.repeat([1, 0, 2], 4))  # one group per fold
+    many = np.repeat(np.arange(64), 3)
+    groups = calibration_groups(many)
+    assert len(np.unique(groups)) == 5
+    for f in range(64):  # a fold is never split between groups, so its rows are calibrated on other folds only
+        assert len(np.unique(groups[many == f])) == 1
