@@ -105,10 +105,7 @@ def calibration_groups(folds: np.ndarray, n_groups: int = CALIBRATION_GROUPS) ->
     costs ``n_groups + 1`` fits per class instead of one per fold. Every row is still
     calibrated by calibrators fit on other folds' rows only.
     """
-    uniq, inverse = np.unique(folds, return_inverse=True)
-    if len(uniq) <= n_groups:
-        return inverse
-    return inverse % n_groups
+    return np.unique(folds, return_inverse=True)[1] % n_groups
 
 
 def _screen(dataset: Dataset, index, config: TrainConfig, client, out: Path):
