@@ -102,18 +102,13 @@ class TrainContext:
 
         if len(futures) <= 1:
             return list(self.client.gather(list(futures)))
-        where: dict[str, list[int]] = {}
-        for i, f in enumerate(futures):
-            where.setdefault(f.key, []).append(i)
-        unique = list({f.key: f for f in futures}.values())
+        position = {f.key: i for i, f in enumerate(futures)}  # the strategies give every task its own key
         results: list[Any] = [None] * len(futures)
         t0 = time.perf_counter()
-        for n, fut in enumerate(as_completed(unique, loop=self.client.loop), 1):
-            part = fut.result()
-            for i in where[fut.key]:
-                results[i] = part
+        for n, fut in enumerate(as_completed(list(futures), loop=self.client.loop), 1):
+            part = results[position[fut.key]] = fut.result()
             rows = f", {len(part):,} rows" if hasattr(part, "__len__") and not isinstance(part, (str, bytes)) else ""
-            log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(unique), what, rows, time.perf_counter() - t0)
+            log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
         return results
 
 
