@@ -18,6 +18,7 @@ CASES = [
     "analysis_overhead",  # analysis wall time vs training wall time
     "inference",       # rows/s, single vs ensemble
     "growth",          # cost vs number of genes
+    "shared_reads",    # a batch read once for its three classes vs once per class
 ]
 
 

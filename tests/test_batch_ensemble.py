@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -300,3 +301,75 @@ def test_leave_batch_out_scoring_can_be_capped_to_fewer_members(client, tiny_dat
     got = r.oof[r.oof["fold"] == 0].sort_values(["gene", "position"], kind="stable")
     order = meta.assign(i=np.arange(len(meta))).sort_values(["gene_id", "position"], kind="stable")["i"].to_numpy()
     assert np.allclose(got[[f"margin_{c}" for c in LABELS]].to_numpy(), expected[order], atol=1e-5)
+
+
+# -- one task per batch: the batch read once for its three classes -----------------------------
+
+def test_run_fits_gives_the_boosters_of_one_fit_per_class(tiny_dataset):
+    from metadask.dataset import build_gene_index, open_dataset
+    from metadask.plan import split_validation
+    from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
+
+    ds = open_dataset(tiny_dataset)
+    index = build_gene_index(ds)
+    features = ["donor_score", "acceptor_score", "neither_score", "splice_probability", "probability_entropy",
+                "context_score_m2", "context_score_m1", "context_score_p1"]
+    genes = index.genes[:16]
+    fit, valid = split_validation(index, genes, 0.2, 5)
+    gs = lambda g: GeneSet(tuple(sorted(g)), tuple(index.files_for(g)))  # noqa: E731
+    specs = [FitSpec(key=f"b0-{name}", scope="member", cls=k, fit=gs(fit), valid=gs(valid), eval_genes=tuple(fit[:3]),
+                     n_estimators=25, early_stopping_rounds=5, params={"max_depth": 4, "eta": 0.3, "max_bin": 64,
+                                                                        "objective": "binary:logistic", "seed": 1})
+             for k, name in enumerate(LABELS)]
+    shared = run_fits(ds, features, specs)
+    for spec, got in zip(specs, shared):
+        alone = run_fit(ds, features, spec)
+        assert got.booster == alone.booster  # the same trees, byte for byte
+        assert (got.n_trees, got.rows, got.history) == (alone.n_trees, alone.rows, alone.history)
+        assert got.seconds > 0 and got.peak_rss > 0
+    assert len({o.booster for o in shared}) == 3  # three classes, three different boosters
+    with pytest.raises(ValueError, match="share their genes"):
+        run_fits(ds, features, [specs[0], FitSpec(**{**specs[1].__dict__, "fit": gs(genes)})])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_batch_ensemble_shares_a_batch_read_among_its_classes_when_batches_are_many(
+        share, ensemble_run, client, tiny_dataset, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import metadask
+    from metadask.strategies import batch_ensemble
+
+    # 3 batches on the session's 2 worker threads: shared reads from 1 batch per thread, not from 2
+    monkeypatch.setattr(batch_ensemble, "SHARE_READS_PER_THREAD", 1 if share else 2)
+    with caplog.at_level(logging.INFO, logger="metadask"):
+        again = metadask.train(tiny_dataset, tmp_path / "run", client=client, strategy="batch-ensemble", **OPTS)
+    said = "one task per batch for its three classes" if share else "one task per (batch, class) fit"
+    assert said in caplog.text
+    key = ["gene", "position"]
+    a = ensemble_run.oof.sort_values(key, kind="stable").reset_index(drop=True)
+    b = again.oof.sort_values(key, kind="stable").reset_index(drop=True)
+    cols = [f"margin_{c}" for c in LABELS] + ["prob_neither", "prob_donor", "prob_acceptor", "fold"]
+    pd.testing.assert_frame_equal(a[key + cols], b[key + cols], check_exact=True)
+    assert list(again.fits["n_trees"]) == list(ensemble_run.fits["n_trees"])
+    assert len(again.fits) == 9
+
+
+def test_shared_batch_reads_resume_only_the_missing_classes(client, tiny_dataset, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import metadask
+    from metadask.strategies import batch_ensemble
+
+    monkeypatch.setattr(batch_ensemble, "SHARE_READS_PER_THREAD", 1)
+    out = tmp_path / "run"
+    first = metadask.train(tiny_dataset, out, client=client, strategy="batch-ensemble", **OPTS)
+    missing = {"member-b0-donor", "member-b0-acceptor", "member-b1-neither"}  # 2 of one batch, 1 of another
+    for key in missing:
+        (out / "journal" / f"{key}.json").unlink()
+    with caplog.at_level(logging.INFO, logger="metadask"):
+        again = metadask.train(tiny_dataset, out, client=client, strategy="batch-ensemble", resume=True, **OPTS)
+    reused = set(re.findall(r"member fit (\S+): reused from the journal", caplog.text))
+    trained = set(re.findall(r"\[\d+/\d+\] member fit (\S+) \(", caplog.text))
+    assert trained == missing and len(reused) == 6 and not reused & missing
+    pd.testing.assert_frame_equal(first.oof, again.oof, check_exact=True)

@@ -27,6 +27,7 @@ EXPECTED_KEYS = {
     "shap_speed": {"distributed_compute_seconds", "max_abs_difference"},
     "inference": {"rows", "n_estimators", "models", "frame_to_matrix_rows_per_s"},
     "growth": {"sizes", "strategies", "runs"},
+    "shared_reads": {"median_seconds", "worker_peak_rss", "speedup", "identical_boosters"},
 }
 
 
@@ -94,7 +95,15 @@ def check_growth(data: dict) -> None:
     assert runs[1]["n_batches"] == 1 and runs[3]["n_batches"] == 2  # at most 20 genes per batch
 
 
-CHECKS = {"real_data": check_real_data, "inference": check_inference, "growth": check_growth}
+def check_shared_reads(data: dict) -> None:
+    assert data["identical_boosters"] is True
+    assert set(data["median_seconds"]) == {"per-class", "shared"}
+    assert all(v > 0 for v in data["median_seconds"].values()) and all(v > 0 for v in data["worker_peak_rss"].values())
+    assert len(data["trees"]) == 3
+
+
+CHECKS = {"real_data": check_real_data, "inference": check_inference, "growth": check_growth,
+          "shared_reads": check_shared_reads}
 
 
 # Slow: each case starts LocalClusters and trains (growth --tiny alone trains 4 times); the

@@ -45,6 +45,32 @@ class FitOutput:
     peak_rss: int = 0
 
 
+@dataclass
+class FitMatrices:
+    """The quantised matrices of one fit (training, and the evaluation sets built on its cuts).
+
+    Built once per set of rows; the labels are set per class, so the three one-vs-rest fits
+    of a batch can share one read and one quantisation (quantile cuts do not depend on the
+    labels, so the trees are the same as with a matrix built per class).
+    """
+
+    train: xgb.QuantileDMatrix
+    evals: list[tuple[xgb.QuantileDMatrix, str]]
+
+    @classmethod
+    def build(
+        cls, x: np.ndarray, *, x_valid: np.ndarray | None = None, x_train_eval: np.ndarray | None = None,
+        max_bin: int = 256, nthread: int = 1,
+    ) -> FitMatrices:
+        dtrain = xgb.QuantileDMatrix(x, max_bin=max_bin, nthread=nthread)
+        evals = []
+        if x_train_eval is not None and len(x_train_eval):
+            evals.append((xgb.QuantileDMatrix(x_train_eval, ref=dtrain, max_bin=max_bin, nthread=nthread), "train"))
+        if x_valid is not None and len(x_valid):
+            evals.append((xgb.QuantileDMatrix(x_valid, ref=dtrain, max_bin=max_bin, nthread=nthread), "valid"))
+        return cls(dtrain, evals)
+
+
 def fit_binary(
     x: np.ndarray,
     y: np.ndarray,
@@ -65,20 +91,40 @@ def fit_binary(
     small held-in sample (``train``) and held-out genes (``valid``), never the training matrix.
     """
     t0 = time.perf_counter()
+    m = FitMatrices.build(x, x_valid=x_valid, x_train_eval=x_train_eval, max_bin=params.get("max_bin", 256),
+                          nthread=nthread)
+    out = fit_matrices(m, y, params, n_estimators, y_valid=y_valid, y_train_eval=y_train_eval,
+                       early_stopping_rounds=early_stopping_rounds, nthread=nthread)
+    del m
+    gc.collect()  # DMatrix inputs can sit in reference cycles until a collection runs
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def fit_matrices(
+    m: FitMatrices,
+    y: np.ndarray,
+    params: dict[str, Any],
+    n_estimators: int,
+    *,
+    y_valid: np.ndarray | None = None,
+    y_train_eval: np.ndarray | None = None,
+    early_stopping_rounds: int = 0,
+    nthread: int = 1,
+) -> FitOutput:
+    """One binary fit on prepared matrices: set this class's labels, train, trim (see :func:`fit_binary`)."""
+    t0 = time.perf_counter()
     p = {**params, "nthread": int(nthread)}
-    dtrain = xgb.QuantileDMatrix(x, label=y, max_bin=p.get("max_bin", 256), nthread=nthread)
-    evals = []
-    if x_train_eval is not None and len(x_train_eval):
-        evals.append((xgb.QuantileDMatrix(x_train_eval, label=y_train_eval, ref=dtrain, max_bin=p.get("max_bin", 256), nthread=nthread), "train"))
-    if x_valid is not None and len(x_valid):
-        evals.append((xgb.QuantileDMatrix(x_valid, label=y_valid, ref=dtrain, max_bin=p.get("max_bin", 256), nthread=nthread), "valid"))
+    m.train.set_label(y)
+    for dm, name in m.evals:
+        dm.set_label(y_train_eval if name == "train" else y_valid)
     history: dict[str, dict[str, list[float]]] = {}
-    use_es = early_stopping_rounds > 0 and any(n == "valid" for _, n in evals)
+    use_es = early_stopping_rounds > 0 and any(n == "valid" for _, n in m.evals)
     booster = xgb.train(
         p,
-        dtrain,
+        m.train,
         num_boost_round=int(n_estimators),
-        evals=evals,
+        evals=m.evals,
         evals_result=history,
         early_stopping_rounds=early_stopping_rounds if use_es else None,
         verbose_eval=False,
@@ -87,15 +133,13 @@ def fit_binary(
     if use_es and best + 1 < booster.num_boosted_rounds():
         booster = booster[: best + 1]
     raw = booster_to_bytes(booster)
-    rows = int(len(y))
-    del booster, dtrain, evals
-    gc.collect()  # DMatrix inputs can sit in reference cycles until a collection runs
+    del booster
     return FitOutput(
         booster=raw,
         best_iteration=best,
         n_trees=best + 1,
         seconds=time.perf_counter() - t0,
-        rows=rows,
+        rows=int(len(y)),
         history={name: list(map(float, h.get("logloss", []))) for name, h in history.items()},
         nthread=int(nthread),
     )

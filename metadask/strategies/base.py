@@ -26,7 +26,7 @@ from metadask.journal import Journal, digest
 from metadask.models.boosted import FitOutput
 from metadask.plan import FoldPlan
 from metadask.results import TrainingResult
-from metadask.strategies.tasks import FitSpec, GeneSet, run_fit
+from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
 
 log = logging.getLogger("metadask")
 
@@ -66,6 +66,31 @@ class TrainContext:
             run_fit, self.dataset, self.features, spec, cv,
             key=f"metadask-fit-{spec.key}-{key_digest[:12]}", priority=priority, pure=False, retries=2,
         )
+
+    def submit_fits(self, specs: Sequence[FitSpec], *, priority: int = 0) -> list[Any]:
+        """Futures (or journaled results) for fits that share their rows, one per spec, in order.
+
+        The fits not in the journal run as one task that reads the rows once
+        (:func:`~metadask.strategies.tasks.run_fits`); each spec still gets its own future
+        (and journal entry), so callers treat them like :meth:`submit_fit`'s.
+        """
+        import operator
+
+        digests = [self.spec_digest(s) for s in specs]
+        done = [self.journal.get(s.key, d) if self.journal is not None else None for s, d in zip(specs, digests)]
+        todo = [i for i, o in enumerate(done) if o is None]
+        if len(todo) < 2:
+            return [o if o is not None else self.submit_fit(s, priority=priority) for s, o in zip(specs, done)]
+        group = self.client.submit(
+            run_fits, self.dataset, self.features, [specs[i] for i in todo],
+            key=f"metadask-fits-{specs[todo[0]].key}-{digest(sorted(digests[i] for i in todo))[:12]}",
+            priority=priority, pure=False, retries=2,
+        )
+        out: list[Any] = list(done)
+        for j, i in enumerate(todo):
+            out[i] = self.client.submit(operator.getitem, group, j, key=f"metadask-fit-{specs[i].key}-{digests[i][:12]}",
+                                        priority=priority, pure=False)
+        return out
 
     def collect(self, items: dict[str, tuple[FitSpec, Any]], what: str, on_done: Callable[[str, FitOutput], None] | None = None) -> dict[str, FitOutput]:
         """Wait for fits, logging a line per finished fit and journaling each as it lands."""

@@ -4,7 +4,8 @@ Genes are packed into batches deterministically (seeded, balanced by rows, cappe
 planned genes per batch; a gene is never in two batches). Each (batch, class) fit is a Dask
 future that reads only its batch's genes on the worker and stops early on validation genes
 held out inside the batch, so one task's memory is bounded by one batch (see the memory
-model in :mod:`metadask.plan`). Members are combined by weighted soft voting of margins
+model in :mod:`metadask.plan`). With at least two batches per worker thread, a batch's three
+class fits run as one task that reads and quantises the batch once (same trees). Members are combined by weighted soft voting of margins
 (:class:`~metadask.models.ensemble.EnsembleModel`).
 
 Honest ensemble CV (``--ensemble-cv``):
@@ -47,6 +48,8 @@ log = logging.getLogger("metadask")
 
 _BATCH_SEED = 7919
 """Offset mixed into the seed for batch packing (folds use the plain seed)."""
+SHARE_READS_PER_THREAD = 2
+"""Batches per worker thread from which a batch's three class fits run as one task (one read)."""
 DEFAULT_CV_MEMBERS = 10
 """Leave-batch-out: at most this many members score a gene (``metadask.ensemble-cv-members``)."""
 
@@ -178,6 +181,8 @@ class BatchEnsembleStrategy(Strategy):
 
     name = "batch-ensemble"
     label = "Batch Ensemble"
+    share_reads = False
+    """Whether a batch's three class fits run as one task (set by :meth:`fit`)."""
 
     # -- planning --------------------------------------------------------------------------
     def genes_per_batch(self, ctx: TrainContext) -> int:
@@ -209,17 +214,22 @@ class BatchEnsembleStrategy(Strategy):
             _check_batch(ctx.index, genes, f"Batch {b}" + ("" if fold is None else f" of CV fold {fold}"))
             fit, valid = split_validation(ctx.index, genes, cfg.valid_size, seed + 1000 * (b + 1))
             train_eval = eval_sample(fit, max(1, len(valid)), seed + b)
-            group = []
-            for k, name in enumerate(LABELS):
-                spec = FitSpec(
+            fit_set, valid_set = ctx.gene_set(fit), ctx.gene_set(valid)
+            batch_specs = [
+                FitSpec(
                     key=f"{prefix}b{b}-{name}", scope=scope, cls=k, fold=fold, batch=b,
-                    fit=ctx.gene_set(fit), valid=ctx.gene_set(valid), eval_genes=tuple(train_eval),
+                    fit=fit_set, valid=valid_set, eval_genes=tuple(train_eval),
                     n_estimators=cfg.n_estimators, early_stopping_rounds=cfg.early_stopping_rounds, params=params,
                 )
-                item = ctx.submit_fit(spec, priority=priority)
+                for k, name in enumerate(LABELS)
+            ]
+            if self.share_reads:
+                group = ctx.submit_fits(batch_specs, priority=priority)
+            else:
+                group = [ctx.submit_fit(spec, priority=priority) for spec in batch_specs]
+            for spec, item in zip(batch_specs, group):
                 specs.append(spec)
                 items[spec.key] = (spec, item)
-                group.append(item)
             out.append(group)
         return out
 
@@ -246,6 +256,14 @@ class BatchEnsembleStrategy(Strategy):
             note = ("Only one batch: leave-batch-out CV is impossible, so the ensemble was cross-validated by full "
                     f"{cfg.n_folds}-fold retraining instead.")
             log.info(note)
+        # One task per batch (reading it once for its three classes) when there are enough
+        # batches to keep every worker thread busy; otherwise one task per class, for parallelism.
+        n_tasks = n_batches * (1 if mode == "leave-batch-out" else cfg.n_folds + 1)
+        self.share_reads = n_tasks >= SHARE_READS_PER_THREAD * max(1, ctx.cluster.total_threads)
+        log.info("Batch ensemble: %s", f"one task per batch for its three classes ({n_tasks} batches to fit, "
+                 f"{ctx.cluster.total_threads} worker threads): each batch is read once" if self.share_reads else
+                 f"one task per (batch, class) fit: {n_tasks} batches are too few to keep "
+                 f"{ctx.cluster.total_threads} worker threads busy otherwise")
         specs: list[FitSpec] = []
         member_items: dict[str, tuple[FitSpec, Any]] = {}
         members = self._submit_members(ctx, batches, "member-", "member", None, cfg.seed, specs, member_items, 10)
