@@ -193,6 +193,8 @@ class StrategyChoice:
     task_budget: int
     peak_estimate: int
     genes_per_batch: int | None = None
+    warning: str = ""
+    """Set when a requested strategy's fits are expected to exceed the task budget."""
 
 
 def choose_strategy(
@@ -238,8 +240,14 @@ def choose_strategy(
     if train_all_genes:
         return StrategyChoice("batch-ensemble", f"forced by --train-all-genes; {batch_text}", budget, peak, genes_per_batch)
     if requested != "auto":
+        warning = ""
+        if requested == "single" and peak > budget:
+            warning = (f"--strategy single: one fit on all {index.n_rows:,} rows x {n_features} features needs "
+                       f"~{format_bytes(peak)}, more than the {format_bytes(budget)} task budget of the smallest "
+                       "worker, so workers may pause or be restarted for memory; --strategy auto would train a batch "
+                       f"ensemble ({batch_text})")
         return StrategyChoice(requested, f"requested with --strategy {requested}", budget, peak,
-                              genes_per_batch if requested == "batch-ensemble" else None)
+                              genes_per_batch if requested == "batch-ensemble" else None, warning)
     if peak <= budget:
         return StrategyChoice(
             "single",

@@ -192,6 +192,8 @@ def train(
         )
         strategy_cls = get_strategy(choice.name)
         log.info("Strategy: %s (%s)", choice.name, choice.reason)
+        if choice.warning:
+            log.warning(choice.warning)
         log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
         ctx = TrainContext(
             client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(screening.excluded),

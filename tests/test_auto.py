@@ -93,6 +93,20 @@ def test_an_explicit_strategy_is_kept_and_says_so():
     assert choice.genes_per_batch == 100  # never more genes per batch than the dataset has
 
 
+def test_a_requested_single_model_too_large_for_the_workers_is_warned_about():
+    index = _index(10_000)
+    tight = choose_strategy("single", index=index, n_features=1_170, worker_memory=8 * GB, memory_fraction=0.6)
+    assert tight.name == "single" and tight.reason == "requested with --strategy single"
+    assert tight.peak_estimate > tight.task_budget
+    assert tight.warning.startswith("--strategy single: one fit on all 9,000,000 rows x 1170 features needs ~")
+    assert "--strategy auto would train a batch ensemble (batches of" in tight.warning
+    roomy = choose_strategy("single", index=_index(100), n_features=150, worker_memory=8 * GB, memory_fraction=0.6)
+    assert roomy.name == "single" and roomy.warning == ""
+    other = choose_strategy("batch-ensemble", index=index, n_features=1_170, worker_memory=8 * GB,
+                            memory_fraction=0.6)
+    assert other.warning == ""
+
+
 def test_a_worker_too_small_for_any_batch_is_named_in_the_reason():
     choice = choose_strategy("auto", index=_index(100), n_features=1_170, worker_memory=GB // 2, memory_fraction=0.6)
     assert choice.name == "batch-ensemble" and choice.genes_per_batch == 2
@@ -176,3 +190,17 @@ def test_memory_model_benchmark_smoke_run():
     for row in r["results"]:
         assert row["measured_peak"] > row["idle_worker_rss"] > 0
         assert abs(row["error"]) < 0.5  # the full-size run checks the +-25 % target
+
+
+def test_a_requested_single_model_over_the_task_budget_trains_and_logs_the_warning(client, tiny_dataset, tmp_path,
+                                                                                    caplog):
+    import logging
+
+    import metadask
+
+    with caplog.at_level(logging.INFO, logger="metadask"):
+        r = metadask.train(tiny_dataset, tmp_path / "forced", client=client, strategy="single", max_memory_gb=0.05,
+                           **OPTS)
+    assert r.strategy == "single"
+    warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING and "--strategy single" in rec.message]
+    assert len(warned) == 1 and "more than the 51.2 MiB task budget" in warned[0].message
