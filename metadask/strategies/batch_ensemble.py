@@ -5,8 +5,8 @@ planned genes per batch; a gene is never in two batches). Each (batch, class) fi
 future that reads only its batch's genes on the worker and stops early on validation genes
 held out inside the batch, so one task's memory is bounded by one batch (see the memory
 model in :mod:`metadask.plan`). With at least two batches per worker thread, a batch's three
-class fits run as one task that reads and quantises the batch once (same trees). Members are combined by weighted soft voting of margins
-(:class:`~metadask.models.ensemble.EnsembleModel`).
+class fits run as one task that reads and quantises the batch once (same trees). Members
+are combined by weighted soft voting of margins (:class:`~metadask.models.ensemble.EnsembleModel`).
 
 Honest ensemble CV (``--ensemble-cv``):
 
@@ -181,8 +181,6 @@ class BatchEnsembleStrategy(Strategy):
 
     name = "batch-ensemble"
     label = "Batch Ensemble"
-    share_reads = False
-    """Whether a batch's three class fits run as one task (set by :meth:`fit`)."""
 
     # -- planning --------------------------------------------------------------------------
     def genes_per_batch(self, ctx: TrainContext) -> int:
@@ -203,9 +201,9 @@ class BatchEnsembleStrategy(Strategy):
     # -- fitting ---------------------------------------------------------------------------
     def _submit_members(
         self, ctx: TrainContext, batches: pd.Series, prefix: str, scope: str, fold: int | None, seed: int,
-        specs: list[FitSpec], items: dict[str, tuple[FitSpec, Any]], priority: int,
+        specs: list[FitSpec], items: dict[str, tuple[FitSpec, Any]], priority: int, share_reads: bool,
     ) -> list[list[Any]]:
-        """Submit the three fits of every batch; returns ``futures[batch][class]``."""
+        """Submit the three fits of every batch (one task each with ``share_reads``); ``futures[batch][class]``."""
         cfg = ctx.config
         params = cfg.xgb_params()
         out = []
@@ -223,7 +221,7 @@ class BatchEnsembleStrategy(Strategy):
                 )
                 for k, name in enumerate(LABELS)
             ]
-            if self.share_reads:
+            if share_reads:
                 group = ctx.submit_fits(batch_specs, priority=priority)
             else:
                 group = [ctx.submit_fit(spec, priority=priority) for spec in batch_specs]
@@ -259,14 +257,15 @@ class BatchEnsembleStrategy(Strategy):
         # One task per batch (reading it once for its three classes) when there are enough
         # batches to keep every worker thread busy; otherwise one task per class, for parallelism.
         n_tasks = n_batches * (1 if mode == "leave-batch-out" else cfg.n_folds + 1)
-        self.share_reads = n_tasks >= SHARE_READS_PER_THREAD * max(1, ctx.cluster.total_threads)
+        share_reads = n_tasks >= SHARE_READS_PER_THREAD * max(1, ctx.cluster.total_threads)
         log.info("Batch ensemble: %s", f"one task per batch for its three classes ({n_tasks} batches to fit, "
-                 f"{ctx.cluster.total_threads} worker threads): each batch is read once" if self.share_reads else
+                 f"{ctx.cluster.total_threads} worker threads): each batch is read once" if share_reads else
                  f"one task per (batch, class) fit: {n_tasks} batches are too few to keep "
                  f"{ctx.cluster.total_threads} worker threads busy otherwise")
         specs: list[FitSpec] = []
         member_items: dict[str, tuple[FitSpec, Any]] = {}
-        members = self._submit_members(ctx, batches, "member-", "member", None, cfg.seed, specs, member_items, 10)
+        members = self._submit_members(ctx, batches, "member-", "member", None, cfg.seed, specs, member_items, 10,
+                                      share_reads)
         cv_items: dict[str, tuple[FitSpec, Any]] = {}
         oof_parts: list[tuple[int, Any]] = []
         cv_info: list[dict[str, Any]] = []
@@ -288,7 +287,7 @@ class BatchEnsembleStrategy(Strategy):
                 seed = cfg.seed + 100_003 * (fp.fold + 1)
                 fold_batches = self.batches(ctx, train_genes, seed)
                 fold_members = self._submit_members(ctx, fold_batches, f"cv-f{fp.fold}-", "cv-member", fp.fold, seed,
-                                                    specs, cv_items, 20)
+                                                    specs, cv_items, 20, share_reads)
                 oof_parts += [(fp.fold, f) for f in self._predict(ctx, fp.test, fold_members, f"f{fp.fold}", seed)]
                 k = int(fold_batches.max()) + 1
                 cv_info.append({"fold": fp.fold, "members_used": k, "scored_by": f"{k} members trained on the other folds",
