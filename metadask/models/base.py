@@ -18,6 +18,7 @@ import pandas as pd
 from metadask.dataset.schema import LABELS, is_kmer
 from metadask.errors import ModelError, preview
 from metadask.models.calibration import IDENTITY, Calibrator, combine
+from metadask.models.thresholds import DEFAULT_THRESHOLDS, call_codes
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -36,6 +37,8 @@ class MetaModel(abc.ABC):
         self.features = list(features)
         self.calibrators = list(calibrators) if calibrators is not None else [IDENTITY] * len(LABELS)
         self.info: dict[str, Any] = {}
+        # decision thresholds (see metadask.models.thresholds); set by training, saved in the bundle
+        self.thresholds: dict[str, Any] = dict(DEFAULT_THRESHOLDS)
 
     # -- what subclasses provide ---------------------------------------------------------
     @abc.abstractmethod
@@ -112,8 +115,12 @@ class MetaModel(abc.ABC):
             return data.map_partitions(_proba_frame, self, meta=meta)
         return self.calibrate(self.raw_proba(self.matrix(data)))
 
+    def call(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Class codes called from probabilities at the model's splice threshold (or ``threshold``)."""
+        return call_codes(proba, float(self.thresholds["splice"] if threshold is None else threshold))
+
     def predict(self, data: Any) -> Any:
-        """Predicted class codes (0 neither, 1 donor, 2 acceptor)."""
+        """Predicted class codes (0 neither, 1 donor, 2 acceptor): the argmax of the probabilities."""
         if _is_dask(data):
             return data.map_partitions(lambda df: pd.Series(self.predict_proba(df).argmax(axis=1), index=df.index), meta=("predicted_class", "int64"))
         return self.predict_proba(data).argmax(axis=1)

@@ -29,6 +29,7 @@ from metadask.errors import ModelError
 from metadask.io import output_error
 from metadask.models.base import MetaModel
 from metadask.models.calibration import Calibrator
+from metadask.models.thresholds import DEFAULT_THRESHOLDS, check_thresholds
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -86,6 +87,7 @@ def save_model(model: MetaModel, path: str | os.PathLike, *, strategy: str, extr
         "features": list(model.features),
         "label_map": {str(i): name for i, name in enumerate(LABELS)},
         "calibration": [c.to_dict() for c in model.calibrators],
+        "thresholds": dict(model.thresholds),
         "probability": "p_k = calibrator_k(sigmoid(margin_k)); probabilities = p / sum(p)",
         "info": model.info,
         "libraries": library_versions(),
@@ -186,6 +188,7 @@ def load_model(path: str | os.PathLike, *, verbose: bool = False) -> MetaModel:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # XGBoost appends a native backtrace
         raise ModelError(f"Cannot rebuild the model in '{root}': {first}. The bundle is damaged; retrain or restore it.") from None
     model.info = dict(manifest.get("info", {}))
+    model.thresholds = check_thresholds(manifest.get("thresholds") or DEFAULT_THRESHOLDS)
     model.strategy = manifest.get("strategy")  # type: ignore[attr-defined]
     model.manifest = manifest  # type: ignore[attr-defined]
     if verbose:
