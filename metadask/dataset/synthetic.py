@@ -20,7 +20,13 @@ How a gene is simulated (on its transcription strand; position 0 = gene start):
   plain GT/AG) and broad bumps at most decoys (false positives / hard negatives). Base
   binary F1 at 0.5 is ~0.87; a quick XGBoost meta-model on held-out genes reaches ~0.95;
 * rows: every true site, every position scoring >= 0.15, decoys, neither positions within
-  +-75 nt of sites and decoys, and some random ones (400-1,300 rows per gene).
+  +-75 nt of sites and decoys, and some random ones (400-1,300 rows per gene);
+* or, with ``full_body=True`` (``make-dataset --full-body``), **every position** of shorter
+  genes (``gene_length``, default 3,000 nt; one intron per ~600 nt), simulated by the same
+  code: ~80 % of sites score >= 0.5, missed ones have moderate or faint peaks, decoys are
+  high non-site peaks, and plain GT / AG positions form a background of low-score local
+  peaks (~25 per site with score >= 0.001, ~3 per site >= 0.01: the rows a sampled dataset
+  mostly lacks). Consensus motifs make k-mers informative where scores are not.
 
 With ``n_kmer_drift`` some genes of some files (never the first) contain N bases, so those
 files carry extra ``{k}mer_...N...`` columns: deliberate schema drift across files.
@@ -44,7 +50,8 @@ import pyarrow.parquet as pq
 
 from metadask.errors import OutputError, option_error
 
-__all__ = ["LABELS", "LEAKY_COLUMNS", "NEAR_CONSTANT_COLUMNS", "dataset_schema", "make_dataset"]
+__all__ = ["DEFAULT_GENE_LENGTH", "LABELS", "LEAKY_COLUMNS", "NEAR_CONSTANT_COLUMNS",
+           "UNLABELLED_DROPS", "dataset_schema", "make_dataset"]
 
 LABELS: tuple[str, ...] = ("neither", "donor", "acceptor")
 #: Numeric columns that leak the label (|Pearson| >= 0.95 with splice-vs-neither or donor).
@@ -52,6 +59,13 @@ LEAKY_COLUMNS: tuple[str, ...] = ("is_annotated_site", "is_annotated_donor")
 #: QC flags: ``has_gene_info`` is constant (1), the other two differ in ~0.05 % of rows.
 NEAR_CONSTANT_COLUMNS: tuple[str, ...] = (
     "has_tx_info", "has_gene_info", "missing_transcript_feats")
+
+#: Columns an unlabelled dataset (``labels=False`` / ``--no-labels``) does not have: the
+#: label and the upstream bookkeeping derived from it. The feature columns all stay (the
+#: leaky ones too), so a model trained on the labelled twin can score the unlabelled one.
+UNLABELLED_DROPS: tuple[str, ...] = ("splice_type", "pred_type", "true_position")
+DEFAULT_GENE_LENGTH = 3000
+"""Mean full-body gene length (nt); each gene draws 0.7-1.3x this, one intron per ~600 nt."""
 
 EPS = 1e-10
 _HALF = 50  # sequence window: +-50 nt around the position
@@ -96,9 +110,15 @@ def _acgt_kmers(k: int) -> list[str]:
 
 
 def dataset_schema(kmer_sizes: Sequence[int] = (3,),
-                   n_kmers: dict[int, Sequence[str]] | None = None) -> pa.Schema:
-    """Arrow schema of one synthetic file (``n_kmers``: N-containing k-mers per k, if any)."""
-    fields = list(_META) + [(c, _F64) for c in _DOUBLES] + _CONTEXT + _STRUCTURE
+                   n_kmers: dict[int, Sequence[str]] | None = None, *,
+                   labels: bool = True) -> pa.Schema:
+    """Arrow schema of one synthetic file (``n_kmers``: N-containing k-mers per k, if any).
+
+    Without ``labels`` the label column and the label-derived bookkeeping columns
+    (:data:`UNLABELLED_DROPS`) are left out.
+    """
+    meta = list(_META) if labels else [f for f in _META if f[0] not in UNLABELLED_DROPS]
+    fields = meta + [(c, _F64) for c in _DOUBLES] + _CONTEXT + _STRUCTURE
     for k in sorted(set(kmer_sizes)):
         extra = sorted((n_kmers or {}).get(k, ()))
         fields += [(f"{k}mer_{m}", _F64) for m in _acgt_kmers(k) + extra]
@@ -178,16 +198,32 @@ def _spread(breadth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([r1, r2], axis=1)
 
 
-def _simulate_gene(seed: int, index: int, with_n: bool) -> _Gene:
+def _full_body_structure(rng: np.random.Generator,
+                         gene_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exon and intron lengths filling about ``gene_length`` nt (one intron per ~600 nt)."""
+    target = max(400, round(gene_length * rng.uniform(0.7, 1.3)))
+    n_introns = max(1, round(target / 600 * rng.uniform(0.7, 1.3)))
+    exons = (70 + rng.gamma(2.0, 45.0, n_introns + 1)).astype(np.int64)
+    room = max(0, target - int(exons.sum()) - 75 * n_introns)
+    introns = (75 + np.floor(room * rng.dirichlet(np.full(n_introns, 2.0)))).astype(np.int64)
+    return exons, introns
+
+
+def _simulate_gene(seed: int, index: int, with_n: bool, gene_length: int | None = None) -> _Gene:
+    """Gene ``index``: sampled rows, or with ``gene_length`` every position of a shorter gene."""
     rng = np.random.default_rng([seed, index])
     chrom = f"chr{int(rng.integers(1, 6))}"
     strand = "+" if rng.random() < 0.5 else "-"
     gene_start = int(rng.integers(10_000, 40_000_000))
     num_overlaps = int(rng.choice(3, p=[0.85, 0.12, 0.03]))
-    n_rows = int(rng.integers(420, 1281))
-    n_introns = max(3, round(0.05 * n_rows * rng.uniform(0.9, 1.1)))
-    exons = (70 + rng.gamma(2.0, 45.0, n_introns + 1)).astype(np.int64)
-    introns = np.minimum(75 + rng.lognormal(np.log(150), 0.7, n_introns), 3000).astype(np.int64)
+    if gene_length is None:
+        n_rows = int(rng.integers(420, 1281))
+        n_introns = max(3, round(0.05 * n_rows * rng.uniform(0.9, 1.1)))
+        exons = (70 + rng.gamma(2.0, 45.0, n_introns + 1)).astype(np.int64)
+        introns = np.minimum(75 + rng.lognormal(np.log(150), 0.7, n_introns), 3000).astype(np.int64)
+    else:
+        exons, introns = _full_body_structure(rng, gene_length)
+        n_introns = len(introns)
     seg = np.empty(2 * n_introns + 1, np.int64)
     seg[0::2], seg[1::2] = exons, introns
     ends = np.cumsum(seg)
@@ -285,6 +321,15 @@ def _simulate_gene(seed: int, index: int, with_n: bool) -> _Gene:
     donor[over] *= 0.9999 / s[over]
     acceptor[over] *= 0.9999 / s[over]
 
+    labels = np.zeros(length, np.int8)
+    labels[donors], labels[acceptors] = 1, 2
+    if gene_length is not None:  # full body: every position is a row
+        positions = np.arange(length, dtype=np.int64)
+        return _Gene(index=index, chrom=chrom, strand=strand, gene_start=gene_start,
+                     length=length, exon_lengths=exons, num_overlaps=num_overlaps, seq=seq,
+                     donor=donor, acceptor=acceptor, positions=positions, labels=labels,
+                     noise=rng.random((length, 3)))
+
     # rows: sites, decoys, every score >= 0.15, near positions (+-75 nt), some random ones
     chosen = np.zeros(length, bool)
     chosen[sites] = True
@@ -301,8 +346,6 @@ def _simulate_gene(seed: int, index: int, with_n: bool) -> _Gene:
     chosen[rng.choice(rest, size=min(len(rest), max(0, n_rows - int(chosen.sum()))),
                       replace=False)] = True
     positions = np.flatnonzero(chosen).astype(np.int64)
-    labels = np.zeros(length, np.int8)
-    labels[donors], labels[acceptors] = 1, 2
     return _Gene(index=index, chrom=chrom, strand=strand, gene_start=gene_start, length=length,
                  exon_lengths=exons, num_overlaps=num_overlaps, seq=seq, donor=donor,
                  acceptor=acceptor, positions=positions, labels=labels[positions],
@@ -485,9 +528,13 @@ def _n_genes_of_file(seed: int, file_index: int, gene_ids: range, drift: bool) -
 
 
 def _validate(n_genes: object, seed: object, kmer_sizes: object,
-              genes_per_file: object) -> tuple[int, ...]:
+              genes_per_file: object, gene_length: object = DEFAULT_GENE_LENGTH) -> tuple[int, ...]:
     def is_int(v: object) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(gene_length) or not 500 <= gene_length <= 1_000_000:  # type: ignore[operator]
+        raise option_error("gene_length", "must be an integer between 500 and 1,000,000",
+                           gene_length, "Use for example --gene-length 3000.")
 
     if not is_int(n_genes) or n_genes < 1:  # type: ignore[operator]
         raise option_error("n_genes", "must be an integer >= 1", n_genes,
@@ -526,7 +573,8 @@ def _prepare_output(out: pathlib.Path, overwrite: bool) -> pathlib.Path:
 def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int = 42,
                  kmer_sizes: Sequence[int] = (3,), genes_per_file: int = 100,
                  n_kmer_drift: bool = True, overwrite: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> pathlib.Path:
+                 progress: Callable[[int, int], None] | None = None, full_body: bool = False,
+                 gene_length: int = DEFAULT_GENE_LENGTH, labels: bool = True) -> pathlib.Path:
     """Write a synthetic splice-site training dataset in the upstream layout.
 
     Parameters
@@ -548,6 +596,17 @@ def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int 
         Replace ``out/master`` when ``out`` exists and is not empty (otherwise an error).
     progress : callable, optional
         Called as ``progress(files_done, files_total)`` after each file.
+    full_body : bool, default False
+        Write **every position** of each gene (``position`` 0..L-1, contiguous) instead of
+        the upstream sample of rows. Genes are shorter (``gene_length``) but simulated by the
+        same code: sequence, base-score landscape (detected and missed sites, decoys, a
+        background of low-score local peaks at every GT / AG) and features.
+    gene_length : int, default 3000
+        With ``full_body``: the mean gene length in nt (each gene draws 0.7-1.3x it).
+    labels : bool, default True
+        False leaves out the label column and the label-derived bookkeeping columns
+        (:data:`UNLABELLED_DROPS`), like data to score with ``metadask predict``; the
+        manifest then has no ``n_donor`` / ``n_acceptor`` columns.
 
     Returns
     -------
@@ -572,25 +631,31 @@ def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int 
     --------
     >>> master = make_dataset("/tmp/synth", n_genes=20, genes_per_file=10)  # doctest: +SKIP
     """
-    ks = _validate(n_genes, seed, kmer_sizes, genes_per_file)
+    ks = _validate(n_genes, seed, kmer_sizes, genes_per_file, gene_length)
     master = _prepare_output(pathlib.Path(out), overwrite)
     n_files = -(-n_genes // genes_per_file)
     drift = bool(n_kmer_drift) and n_files >= 2
-    meta = {b"metadask.synthetic": json.dumps(
-        {"format_version": _FORMAT_VERSION, "seed": seed, "n_genes": n_genes,
-         "kmer_sizes": list(ks), "genes_per_file": genes_per_file,
-         "n_kmer_drift": bool(n_kmer_drift)}, sort_keys=True).encode()}
-    manifest: list[tuple[str, str, str, int, int, int]] = []
+    length = int(gene_length) if full_body else None
+    info = {"format_version": _FORMAT_VERSION, "seed": seed, "n_genes": n_genes,
+            "kmer_sizes": list(ks), "genes_per_file": genes_per_file,
+            "n_kmer_drift": bool(n_kmer_drift)}
+    if full_body:  # only then, so sampled files stay byte-identical to earlier versions
+        info["full_body_gene_length"] = length
+    if not labels:
+        info["labels"] = False
+    meta = {b"metadask.synthetic": json.dumps(info, sort_keys=True).encode()}
+    manifest: list[tuple[object, ...]] = []
     for fi in range(n_files):
         ids = range(fi * genes_per_file, min(n_genes, (fi + 1) * genes_per_file))
         with_n = _n_genes_of_file(seed, fi, ids, drift)
-        genes = [_simulate_gene(seed, i, i in with_n) for i in ids]
+        genes = [_simulate_gene(seed, i, i in with_n, length) for i in ids]
         n_kmers: dict[int, set[str]] = {k: set() for k in ks}
         for g in genes:
             if g.index in with_n:
                 for k in ks:
                     n_kmers[k].update(_kmer_counts(g, k)[1])
-        schema = dataset_schema(ks, {k: sorted(v) for k, v in n_kmers.items()}).with_metadata(meta)
+        schema = dataset_schema(ks, {k: sorted(v) for k, v in n_kmers.items()},
+                                labels=labels).with_metadata(meta)
         name = f"batch_{fi:05d}.parquet"
         tmp = master / f".{name}.tmp"
         try:
@@ -601,15 +666,16 @@ def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int 
         finally:
             tmp.unlink(missing_ok=True)
         for g in genes:
-            manifest.append((g.gene_id, f"synth{g.index + 1}", name, len(g.positions),
-                             int((g.labels == 1).sum()), int((g.labels == 2).sum())))
+            counts = (int((g.labels == 1).sum()), int((g.labels == 2).sum())) if labels else ()
+            manifest.append((g.gene_id, f"synth{g.index + 1}", name, len(g.positions), *counts))
         del genes
         if progress is not None:
             progress(fi + 1, n_files)
     tmp = master / ".gene_manifest.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["gene_id", "gene_name", "file", "n_rows", "n_donor", "n_acceptor"])
+        w.writerow(["gene_id", "gene_name", "file", "n_rows"]
+                   + (["n_donor", "n_acceptor"] if labels else []))
         w.writerows(manifest)
     os.replace(tmp, master / "gene_manifest.csv")
     return master
