@@ -26,7 +26,7 @@ from metadask.errors import DatasetError, preview
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: per-gene position range (pos_min / pos_max) for the full-body layout
 _COUNT_COLUMNS = [f"n_{name}" for name in LABELS]
 
 
@@ -61,7 +61,9 @@ class GeneIndex:
     """Per-gene row and label counts, and which files hold each gene.
 
     ``table`` is indexed by gene id (sorted) with columns ``n_rows``, ``n_neither``,
-    ``n_donor``, ``n_acceptor`` and ``files`` (a tuple of file positions in the dataset).
+    ``n_donor``, ``n_acceptor``, ``files`` (a tuple of file positions in the dataset) and,
+    when the dataset has a ``position`` column, ``pos_min`` / ``pos_max`` (the gene's
+    position range, from which :attr:`contiguous` and :attr:`layout` follow).
     """
 
     table: pd.DataFrame
@@ -78,6 +80,30 @@ class GeneIndex:
     @property
     def n_rows(self) -> int:
         return int(self.table["n_rows"].sum())
+
+    @property
+    def contiguous(self) -> pd.Series | None:
+        """Per gene: are its rows every position from ``pos_min`` to ``pos_max`` (a full body)?
+
+        ``n_rows == pos_max - pos_min + 1`` (positions are unique per gene, which the index
+        pass checks). ``None`` when the dataset has no ``position`` column.
+        """
+        if "pos_min" not in self.table:
+            return None
+        span = self.table["pos_max"].astype(float) - self.table["pos_min"].astype(float) + 1
+        return (self.table["n_rows"].astype(float) == span).rename("contiguous")
+
+    @property
+    def is_full_body(self) -> bool | None:
+        """True when every gene is contiguous, False when some is not, None without positions."""
+        contiguous = self.contiguous
+        return None if contiguous is None else bool(contiguous.all())
+
+    @property
+    def layout(self) -> str:
+        """``"full-body"`` (every position of every gene), ``"sampled"`` or ``"unknown"``."""
+        full = self.is_full_body
+        return "unknown" if full is None else "full-body" if full else "sampled"
 
     def label_counts(self, genes: Iterable[str] | None = None) -> dict[str, int]:
         t = self.table if genes is None else self.table.loc[list(genes)]
@@ -153,7 +179,11 @@ def build_gene_index(dataset: Dataset, *, cache: str | os.PathLike | None = None
     grouped = per_file.groupby("gene", sort=True)
     table = grouped[[*_COUNT_COLUMNS, "n_rows"]].sum()
     table["files"] = grouped["file_id"].agg(lambda s: tuple(sorted(int(i) for i in s)))
-    table = table[["n_rows", *_COUNT_COLUMNS, "files"]]
+    ranges = []
+    if "pos_min" in per_file:  # the position range, over every file the gene spans
+        table["pos_min"], table["pos_max"] = grouped["pos_min"].min(), grouped["pos_max"].max()
+        ranges = ["pos_min", "pos_max"]
+    table = table[["n_rows", *_COUNT_COLUMNS, "files", *ranges]]
     table.index = table.index.astype(object)
     table.index.name = None
     index = GeneIndex(table=table, files=dataset.files)

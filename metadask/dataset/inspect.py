@@ -16,11 +16,14 @@ def inspect_dataset(dataset: Dataset, index: GeneIndex) -> dict[str, Any]:
     total = max(1, sum(labels.values()))
     spanning = int((index.table["files"].map(len) > 1).sum())
     size = matrix_bytes(index, len(s.feature_columns))
+    contiguous = index.contiguous
     return {
         "dataset": dataset.url,
         "files": len(s.files),
         "genes": index.n_genes,
         "genes_spanning_files": spanning,
+        "layout": index.layout,
+        "contiguous_genes": None if contiguous is None else int(contiguous.sum()),
         "rows": index.n_rows,
         "rows_per_gene": {
             "min": int(index.table["n_rows"].min()),
@@ -56,10 +59,15 @@ def format_inspection(info: dict[str, Any]) -> str:
         else f"{drift['kmer_columns_missing_in_some_files']} k-mer columns missing in {drift['files_affected']} files (read as 0)"
     )
     rpg = info["rows_per_gene"]
+    layout = {
+        "full-body": "full-body (every position of each gene: positions contiguous per gene)",
+        "sampled": f"sampled ({info.get('contiguous_genes')} of {info['genes']} genes contiguous)",
+    }.get(info.get("layout", "unknown"), "unknown (no 'position' column)")
     lines = [
         f"Dataset:          {info['dataset']}",
         f"Files:            {info['files']}",
         f"Genes:            {info['genes']:,} ({info['genes_spanning_files']} span several files)",
+        f"Layout:           {layout}",
         f"Rows:             {info['rows']:,} (per gene: min {rpg['min']}, median {rpg['median']:.0f}, max {rpg['max']})",
         f"Labels:           {labels}  [column '{info['label_column']}', {info['label_encoding']}]",
         f"Features:         {info['features']:,} ({fam})",
