@@ -3,7 +3,7 @@
 #   make venv       create .venv (python3.11, else python3) and install metadask editable
 #                   with its test extra; reinstalls only when pyproject.toml changes
 #   make demo       synthetic dataset -> trained meta-model -> dataset summary
-#   make test       the test suite without the slow tests
+#   make test       the import contracts (lint-imports), then the test suite without the slow tests
 #   make test-slow  only the slow tests
 #   make bench      the benchmarks (python -m benchmarks)
 #   make clean      remove demo outputs and caches (keeps .venv; `make distclean` removes it)
@@ -54,8 +54,10 @@ demo: venv
 	@echo "  dataset:           $(DEMO_DATA)/master (parquet files + gene_manifest.csv)"
 	@echo "  model and reports: $(DEMO_OUT)/ (model bundle in $(DEMO_OUT)/model, metrics, plots and summary next to it)"
 
+# The import contracts (layers of docs/architecture.md, in pyproject.toml) are checked first.
 # pytest exits with 5 when no test is selected: not a failure here.
 test: venv
+	$(BIN)/lint-imports --no-cache
 	@status=0; $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make: no tests collected (pytest exit status 5): OK"; status=0; fi; \
 	exit $$status

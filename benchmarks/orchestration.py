@@ -27,7 +27,7 @@ def run_bare(result, dataset_path: str, config_kwargs: dict, nthread: int) -> di
     from metadask.dataset import build_gene_index, open_dataset
     from metadask.models.boosted import booster_from_bytes, booster_margins, fit_binary
     from metadask.plan import plan_folds
-    from metadask.strategies.tasks import GeneSet, read_rows
+    from metadask.dataset.rows import GeneSet, read_rows
 
     cfg = TrainConfig.from_options(**config_kwargs)
     ds = open_dataset(dataset_path)

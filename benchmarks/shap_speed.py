@@ -37,7 +37,7 @@ def train_model(dataset, index, features, n_estimators: int, max_depth: int, see
 
     from metadask.dataset.schema import LABELS
     from metadask.models.boosted import BoosterModel, booster_from_bytes, booster_to_bytes
-    from metadask.strategies.tasks import GeneSet, read_rows
+    from metadask.dataset.rows import GeneSet, read_rows
 
     x, y, _ = read_rows(dataset, GeneSet(tuple(index.genes), tuple(index.files)), features)
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": max_depth, "learning_rate": 0.1,
@@ -72,10 +72,10 @@ def tree_explainer(boosters, x: np.ndarray, threads: int | None) -> tuple[np.nda
 
 def _contributions_only(part, model) -> float:
     """Worker side: TreeSHAP on a partition already in memory; returns the wall seconds."""
-    from metadask.analysis.shap import _limit_threads
+    from metadask.models.threads import limit_threads
 
     t0 = time.perf_counter()
-    with _limit_threads():
+    with limit_threads():
         model.contributions(part.x)
     return time.perf_counter() - t0
 
@@ -84,7 +84,7 @@ def client_read_and_explain(dataset, index, features, plan, boosters) -> tuple[n
     """The single-process alternative end to end: read the sample genes here, draw the rows, explain."""
     from metadask.analysis.shap import choose_rows
     from metadask.dataset.source import gene_keys
-    from metadask.strategies.tasks import GeneSet, read_rows
+    from metadask.dataset.rows import GeneSet, read_rows
 
     t0 = time.perf_counter()
     genes = plan.genes

@@ -223,9 +223,9 @@ def client_versions() -> dict[str, str]:
     """metadask and xgboost versions in this process (what the workers must match)."""
     import xgboost
 
-    import metadask
+    from metadask._version import __version__
 
-    return {"metadask": metadask.__version__, "xgboost": xgboost.__version__}
+    return {"metadask": __version__, "xgboost": xgboost.__version__}
 
 
 def _release(version: str, parts: int) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from metadask.dataset.schema import LABELS
 from metadask.io import write_csv
+from metadask.models.threads import limit_threads
 
 log = logging.getLogger("metadask")
 
@@ -49,14 +50,12 @@ def _ap(truth: np.ndarray, score: np.ndarray) -> float:
 def permutation_task(parts: Sequence[dict[str, np.ndarray]], model: Any, columns: Sequence[int], n_repeats: int,
                      seed: int) -> list[dict[str, Any]]:
     """On a worker: AP drop per class for each of ``columns`` (shuffled ``n_repeats`` times)."""
-    from metadask.analysis.shap import _limit_threads
-
     x = np.concatenate([p["x"] for p in parts]).astype(np.float32, copy=True)
     y = np.concatenate([p["y"] for p in parts])
     margin = np.concatenate([p["margin"] for p in parts])
     base = [_ap(y == k, margin[:, k]) for k in range(len(LABELS))]
     out = []
-    with _limit_threads():
+    with limit_threads():
         for j in columns:
             original = x[:, j].copy()
             drops = np.empty((n_repeats, len(LABELS)))

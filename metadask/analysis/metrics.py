@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
-
-PROB_COLUMNS = tuple(f"prob_{c}" for c in LABELS)
-RAW_COLUMNS = tuple(f"raw_{c}" for c in LABELS)
+from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
+    PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
+)
 
 
 def base_proba(pred: pd.DataFrame) -> np.ndarray:
@@ -27,28 +27,6 @@ def base_proba(pred: pd.DataFrame) -> np.ndarray:
 
 def meta_proba(pred: pd.DataFrame) -> np.ndarray:
     return pred[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
-
-
-def _safe(fn, *args, **kw) -> float:
-    try:
-        return float(fn(*args, **kw))
-    except ValueError:
-        return float("nan")
-
-
-def binary_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Splice-vs-neither F1, AP, ROC-AUC, FP and FN at donor + acceptor >= 0.5."""
-    truth = np.asarray(y) != 0
-    score = proba[:, 1] + proba[:, 2]
-    call = score >= 0.5
-    return {
-        "f1": _safe(f1_score, truth, call, zero_division=0),
-        "ap": _safe(average_precision_score, truth, score) if truth.any() else float("nan"),
-        "roc_auc": _safe(roc_auc_score, truth, score),
-        "fp": int((call & ~truth).sum()),
-        "fn": int((~call & truth).sum()),
-        "tp": int((call & truth).sum()),
-    }
 
 
 def topk_per_gene(genes: np.ndarray, y: np.ndarray, score: np.ndarray, cls: int) -> pd.Series:
@@ -70,21 +48,6 @@ def topk_per_gene(genes: np.ndarray, y: np.ndarray, score: np.ndarray, cls: int)
     hits = np.bincount(sorted_codes[top], weights=truth[order][top], minlength=n_genes)
     has = k > 0
     return pd.Series(hits[has] / k[has], index=pd.Index(uniques[has], dtype=object))
-
-
-def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro F1, per-class F1 and AP of an (n x 3) probability array."""
-    y = np.asarray(y)
-    pred = proba.argmax(axis=1)
-    out: dict[str, float] = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0)),
-    }
-    f1s = f1_score(y, pred, average=None, labels=[0, 1, 2], zero_division=0)
-    for k, name in enumerate(LABELS):
-        out[f"f1_{name}"] = float(f1s[k])
-        out[f"ap_{name}"] = _safe(average_precision_score, y == k, proba[:, k]) if (y == k).any() else float("nan")
-    return out
 
 
 def prediction_metrics(pred: pd.DataFrame) -> dict[str, Any]:
@@ -225,8 +188,8 @@ def per_class_report(y: np.ndarray, proba: np.ndarray) -> dict[str, dict[str, fl
             "precision": tp / (tp + fp) if tp + fp else 0.0,
             "recall": tp / (tp + fn) if tp + fn else 0.0,
             "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-            "ap": _safe(average_precision_score, truth, proba[:, k]) if truth.any() else float("nan"),
-            "roc_auc": _safe(roc_auc_score, truth, proba[:, k]) if truth.any() and not truth.all() else float("nan"),
+            "ap": safe_metric(average_precision_score, truth, proba[:, k]) if truth.any() else float("nan"),
+            "roc_auc": safe_metric(roc_auc_score, truth, proba[:, k]) if truth.any() and not truth.all() else float("nan"),
         }
     return out
 

@@ -14,11 +14,10 @@ not generalisation metrics.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from metadask.dataset.index import GeneIndex
+from metadask.dataset.rows import GeneSet, read_rows
 from metadask.dataset.sample import representative_genes
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset, gene_keys
 from metadask.io import write_csv, write_json
-from metadask.strategies.tasks import GeneSet, read_rows, worker_threads
+from metadask.models.threads import limit_threads
 
 log = logging.getLogger("metadask")
 
@@ -158,21 +158,6 @@ def choose_rows(genes: np.ndarray, y: np.ndarray, quotas: dict[str, tuple[int, i
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
-@contextlib.contextmanager
-def _limit_threads() -> Iterator[None]:
-    """Limit OpenMP and XGBoost to this worker's threads: no oversubscription under contention.
-
-    Boosters rebuilt from bytes (as every strategy returns them) have ``nthread`` 0 and follow
-    these limits; a booster that carries an explicit ``nthread`` keeps it.
-    """
-    import xgboost as xgb
-    from threadpoolctl import threadpool_limits
-
-    n = worker_threads()
-    with threadpool_limits(limits=n, user_api="openmp"), xgb.config_context(nthread=n):
-        yield
-
-
 def sample_partition(dataset: Dataset, features: Sequence[str], gs: GeneSet, quotas: dict[str, tuple[int, int, int]],
                      seed: int, model: Any, contributions: bool = True) -> SamplePart:
     """Read a partition's genes, draw its rows, predict margins and (optionally) contributions."""
@@ -189,7 +174,7 @@ def sample_partition(dataset: Dataset, features: Sequence[str], gs: GeneSet, quo
         margin=np.empty((len(sel), len(LABELS))),
     )
     t1 = time.perf_counter()
-    with _limit_threads():
+    with limit_threads():
         part.margin = model.predict_margin(xs) if len(sel) else np.empty((0, len(LABELS)))
         t_margin = time.perf_counter() - t1
         stats: dict[str, Any] = {"rows": int(len(sel)), "read_seconds": t_read, "margin_seconds": t_margin}

@@ -213,6 +213,13 @@ def build_schema(
     )
 
 
+def gene_keys(values: pd.Series) -> np.ndarray:
+    """Gene ids as strings, the way the gene index and the parquet gene filter spell them."""
+    if pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
+        return values.astype(str).to_numpy(dtype=object)
+    return np.asarray(pa.array(values).cast(pa.string()).to_pylist(), dtype=object)
+
+
 def encode_labels(values: pd.Series, label_column: str = "splice_type") -> np.ndarray:
     """Map labels (strings or 0/1/2) to int8 codes; unknown values are a :class:`DatasetError`."""
     if values.isna().any():

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metadask.dataset.schema import Schema, build_schema, encode_labels
+from metadask.dataset.schema import Schema, build_schema, encode_labels, gene_keys  # noqa: F401  (gene_keys: re-exported)
 from metadask.errors import DatasetError, preview
 
 
@@ -283,13 +283,6 @@ def open_dataset(
     check_column_names(footers)  # blank or repeated column names
     schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=metadata_columns)
     return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}))
-
-
-def gene_keys(values: pd.Series) -> np.ndarray:
-    """Gene ids as strings, the way the gene index and the parquet gene filter spell them."""
-    if pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
-        return values.astype(str).to_numpy(dtype=object)
-    return np.asarray(pa.array(values).cast(pa.string()).to_pylist(), dtype=object)
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

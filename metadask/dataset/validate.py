@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from metadask.dataset.schema import gene_keys
 from metadask.errors import DatasetError, preview
 
 if TYPE_CHECKING:
@@ -174,8 +175,6 @@ def check_across_files(dataset: Dataset, per_file: pd.DataFrame) -> None:
     cols = [POSITION_COLUMN] + ([TRANSCRIPT_COLUMN] if TRANSCRIPT_COLUMN in dataset.schema.columns else [])
     files = sorted({dataset.files[int(f)] for f in spans.loc[spans["gene"].isin(overlapping), "file_id"]})
     rows = dataset.read_genes(overlapping, [dataset.gene_column, *cols], files=files)
-    from metadask.dataset.source import gene_keys
-
     keys = _row_keys(rows, gene_keys(rows[dataset.gene_column]))
     if keys is not None and keys.duplicated().any():
         raise _duplicate_error(keys, f"Dataset '{dataset.url}' (genes spanning {len(files)} files)")

@@ -63,9 +63,9 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import xgboost
 
-    import metadask
+    from metadask._version import __version__
 
-    return {"metadask": metadask.__version__, "xgboost": xgboost.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+    return {"metadask": __version__, "xgboost": xgboost.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
 def _sha256(data: bytes) -> str:

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metadask.analysis.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
@@ -39,6 +38,7 @@ from metadask.models.base import sigmoid
 from metadask.models.boosted import FitOutput, booster_from_bytes
 from metadask.models.calibration import combine
 from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
+from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.plan import eval_sample, split_validation
 from metadask.results import TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame

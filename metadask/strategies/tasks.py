@@ -18,31 +18,12 @@ import pandas as pd
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.memory import process_peak_rss
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
-from metadask.dataset.source import Dataset, label_vector
+from metadask.dataset.rows import GeneSet, read_rows
+from metadask.dataset.source import Dataset
 from metadask.models.boosted import (
     FitMatrices, FitOutput, booster_from_bytes, booster_margins, fit_binary, fit_matrices,
 )
-
-ID_COLUMNS = ("position",)
-
-
-def worker_threads(default: int = 1) -> int:
-    """Threads of the worker running this task (XGBoost's nthread follows it)."""
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return default
-
-
-@dataclass(frozen=True)
-class GeneSet:
-    """Genes and the files that hold them (from the gene index)."""
-
-    genes: tuple[str, ...]
-    files: tuple[str, ...]
-
+from metadask.models.threads import worker_threads
 
 @dataclass(frozen=True)
 class FitSpec:
@@ -94,14 +75,6 @@ def gene_partitions(index: GeneIndex, genes: Sequence[str], max_rows: int | None
         if run:
             out.append((GeneSet(tuple(run), paths), rows))
     return out
-
-
-def read_rows(dataset: Dataset, gs: GeneSet, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(float32 matrix, label codes, id frame) of a gene set, in canonical row order."""
-    cols = [c for c in (*ID_COLUMNS, dataset.label_column, *BASE_SCORE_COLUMNS) if c in dataset.schema.columns]
-    x, meta = dataset.read_matrix(gs.genes, features, files=gs.files, columns=cols)
-    y = label_vector(meta, dataset.label_column)
-    return x, y, meta
 
 
 def _fit_rows(dataset: Dataset, features: Sequence[str], spec: FitSpec

@@ -1,0 +1,1 @@
+"""Models: one-vs-rest boosters, linear models, calibration, ensembles, thresholds and the model bundle."""
