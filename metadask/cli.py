@@ -86,12 +86,19 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--kmer", "kmers", type=int, multiple=True, default=(3,), show_default=True, help="k-mer size (repeatable).")
 @click.option("--genes-per-file", type=int, default=100, show_default=True)
 @click.option("--no-drift", is_flag=True, help="Do not add N-containing k-mer columns to some files.")
+@click.option("--full-body", is_flag=True, help="Every position of each gene (shorter genes), not a sample of rows.")
+@click.option("--gene-length", type=int, default=None, help="With --full-body: mean gene length in nt  [default: 3000]")
+@click.option("--no-labels", is_flag=True, help="Write no label column (data to score with predict).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @click.option("-v", "--verbose", is_flag=True)
 def make_dataset_cmd(out: str, n_genes: int, seed: int, kmers: tuple[int, ...], genes_per_file: int,
-                     no_drift: bool, overwrite: bool, verbose: bool) -> None:
+                     no_drift: bool, full_body: bool, gene_length: int | None, no_labels: bool,
+                     overwrite: bool, verbose: bool) -> None:
     """Write a synthetic splice-site dataset (upstream layout) to OUT."""
-    from metadask.dataset.synthetic import make_dataset
+    from metadask.dataset.synthetic import DEFAULT_GENE_LENGTH, make_dataset
+
+    if gene_length is not None and not full_body:
+        raise ConfigError("--gene-length applies to full-body datasets only. Add --full-body or drop --gene-length.")
 
     setup_logging(verbose)
 
@@ -99,8 +106,10 @@ def make_dataset_cmd(out: str, n_genes: int, seed: int, kmers: tuple[int, ...], 
         log.info("make-dataset: file %d/%d written", done, total)
 
     path = make_dataset(out, n_genes, seed=seed, kmer_sizes=kmers, genes_per_file=genes_per_file,
-                        n_kmer_drift=not no_drift, overwrite=overwrite, progress=progress)
-    click.echo(f"Wrote {n_genes} genes to {path}")
+                        n_kmer_drift=not no_drift, overwrite=overwrite, progress=progress,
+                        full_body=full_body, gene_length=gene_length or DEFAULT_GENE_LENGTH,
+                        labels=not no_labels)
+    click.echo(f"Wrote {n_genes} {'full-body ' if full_body else ''}genes to {path}")
 
 
 @main.command()
@@ -172,6 +181,10 @@ def _cluster_options(f):
 @click.option("--ensemble-cv", type=click.Choice(["leave-batch-out", "full"]), default="leave-batch-out", show_default=True)
 @click.option("--screening-sample", type=float, default=0.1, show_default=True, help="Fraction (<= 1) or count of genes for screening.")
 @click.option("--leakage-threshold", type=float, default=0.95, show_default=True)
+@click.option("--leakage-auc", type=float, default=0.999, show_default=True,
+              help="Exclude a feature whose gene-grouped single-feature AUC reaches this (a near copy of the label).")
+@click.option("--default-exclusions/--no-default-exclusions", default=True, show_default=True,
+              help="Exclude the upstream builder's annotation artifacts (has_tx_info, distance_to_start, ...).")
 @click.option("--leakage-policy", type=click.Choice(["exclude", "warn"]), default="exclude", show_default=True)
 @click.option("--max-missing", type=float, default=0.5, show_default=True)
 @click.option("--exclude-features", default=None, help="FILE (one name per line) or a,b,c.")
@@ -211,17 +224,38 @@ def train(**kw: Any) -> None:
 
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(), help="A model bundle directory (O/model).")
-@click.option("--dataset", required=True, help="Parquet dataset to score.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output parquet file.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--dataset", required=True, help="Parquet dataset to score (directory, glob or fsspec URL); labels optional.")
+@click.option("--out", required=True, type=click.Path(), help="Output directory of parquet parts (one per input file).")
+@click.option("--threshold", default=None, metavar="FLOAT",
+              help="Splice threshold for the call column, in (0, 1] (default: the one stored in the model).")
+@click.option("--gene-column", default="gene_id", show_default=True)
+@click.option("--label-column", default="splice_type", show_default=True, help="Passed through when present; not required.")
+@click.option("--metadata-columns", default=None, help="a,b,c: extra non-feature columns, passed through to the output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out (once the new predictions are complete).")
 @_cluster_options
-def predict(model_path: str, dataset: str, out: str, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
-    """Score DATASET with a trained model; write ids, probabilities and the predicted class."""
+def predict(model_path: str, dataset: str, out: str, threshold: str | None, gene_column: str, label_column: str,
+            metadata_columns: str | None, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
+    """Score DATASET with a trained model, out of core; write ids, probabilities, splice score and call.
+
+    The workers write OUT as a directory of parquet parts (columns: the ids present, such as
+    gene_id, position, strand, the label and base scores; prob_neither, prob_donor,
+    prob_acceptor, splice_score, call). Read it with pandas.read_parquet(OUT).
+    """
     from metadask.inference import predict_dataset
+    from metadask.models.thresholds import check_thresholds
 
     setup_logging(verbose)
+    value = None
+    if threshold is not None:
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = threshold  # not a number: check_thresholds names it
+        value = check_thresholds({"splice": value})["splice"]
     cluster = {k: v for k, v in cluster.items() if v is not None}
-    n = predict_dataset(model_path, dataset, out, overwrite=overwrite, storage_options=_storage_options(storage, dataset), **cluster)
+    n = predict_dataset(model_path, dataset, out, gene_column=gene_column, label_column=label_column,
+                        metadata_columns=_parse_list(metadata_columns), threshold=value, overwrite=overwrite,
+                        storage_options=_storage_options(storage, dataset), **cluster)
     click.echo(f"Wrote {n:,} predictions to {out}")
 
 

@@ -1,99 +1,273 @@
-"""Inference with any trained bundle: ``load_model`` and ``predict_dataset`` on a cluster."""
+"""Inference with any trained bundle: ``load_model``, ``predict_frame`` and ``predict_dataset``.
+
+``predict_dataset`` scores a parquet dataset (labelled or not: every gene-body position of a
+genome is the usual input) out of core: the workers read one file each (the dataset's lazy
+Dask dataframe), score it and write their own parquet part into a temporary directory next to
+``out``; the client only keeps one row count per part, so its memory does not depend on the
+number of rows. The directory is renamed to ``out`` when every part is written, so a failed
+run leaves nothing half-written.
+
+Output columns (one row per input row, in file order; part ``i`` holds file ``i``'s rows):
+
+* pass-through ids, where present: the gene column, ``position``, ``transcript_id``, ``chrom``,
+  ``strand``, ``absolute_position``, the label column, any ``metadata_columns`` and the base
+  scores (``neither_score``, ``donor_score``, ``acceptor_score``);
+* ``prob_neither``, ``prob_donor``, ``prob_acceptor`` (float32): the calibrated probabilities,
+  summing to 1 per row (as :meth:`MetaModel.predict_proba`);
+* ``splice_score`` (float32): ``prob_donor + prob_acceptor``;
+* ``call`` (categorical ``neither``/``donor``/``acceptor``): the decision at the model's
+  splice threshold (stored in the bundle; ``threshold`` overrides it), see
+  :mod:`metadask.models.thresholds`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from metadask.cluster import CONNECT_OPTIONS, connect
-from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
-from metadask.dataset.source import open_dataset
-from metadask.errors import ConfigError, OutputError
-from metadask.io import atomic_write
+from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS, is_kmer
+from metadask.dataset.source import Dataset, open_dataset
+from metadask.errors import ConfigError, ModelError, OutputError, preview
+from metadask.io import output_error
 from metadask.models.base import MetaModel
 from metadask.models.bundle import load_model
+from metadask.models.thresholds import call_codes, check_thresholds, splice_score
 
 log = logging.getLogger("metadask")
 
-__all__ = ["load_model", "predict_dataset", "predict_frame"]
+__all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "load_model", "predict_dataset", "predict_frame"]
+
+ID_COLUMNS: tuple[str, ...] = ("position", "transcript_id", "chrom", "strand", "absolute_position")
+"""Identifier columns passed through to predictions when present (after the gene column)."""
+
+PREDICTION_COLUMNS: tuple[str, ...] = (*(f"prob_{c}" for c in LABELS), "splice_score", "call")
+"""The columns a prediction adds to the pass-through ids."""
+
+SUMMARY_FILE = "_predict.json"
+"""Written next to the parts; parquet readers skip names starting with ``_``."""
 
 
-def predict_frame(model: MetaModel, df: pd.DataFrame, gene_column: str = "gene_id") -> pd.DataFrame:
-    """Ids, the three probabilities and the predicted class for a pandas frame."""
-    p = model.predict_proba(df)
-    out = pd.DataFrame(index=df.index)
-    for c in (gene_column, *_ID_COLUMNS):
-        if c in df:
-            out[c] = df[c].to_numpy()
+def resolve_threshold(model: MetaModel, threshold: float | None = None) -> tuple[float, str]:
+    """The splice threshold to call with and where it comes from (``threshold`` beats the bundle's)."""
+    if threshold is None:
+        t = check_thresholds(model.thresholds)
+        return t["splice"], str(t.get("source", "model bundle"))
+    return check_thresholds({"splice": threshold})["splice"], "--threshold (overrides the model's)"
+
+
+def passthrough_columns(columns: Sequence[str], gene_column: str = "gene_id", label_column: str = "splice_type",
+                        metadata_columns: Sequence[str] = ()) -> list[str]:
+    """The id / label / metadata / base-score columns of ``columns`` that predictions carry along."""
+    wanted = (gene_column, *ID_COLUMNS, label_column, *metadata_columns, *BASE_SCORE_COLUMNS)
+    have = set(columns)
+    return [c for c in dict.fromkeys(wanted) if c in have]
+
+
+def predict_frame(
+    model: MetaModel,
+    df: pd.DataFrame,
+    *,
+    gene_column: str = "gene_id",
+    label_column: str = "splice_type",
+    metadata_columns: Sequence[str] = (),
+    threshold: float | None = None,
+) -> pd.DataFrame:
+    """Pass-through ids plus ``prob_*``, ``splice_score`` and ``call`` for a pandas frame.
+
+    See the module docstring for the columns. ``threshold`` overrides the model's stored splice
+    threshold (a number in (0, 1]).
+    """
+    t, _ = resolve_threshold(model, threshold)
+    if len(df):
+        p = model.predict_proba(df)
+    else:  # an empty file: nothing to predict, but the same columns and types
+        p = np.empty((0, len(LABELS)), dtype=np.float64)
+    ids = passthrough_columns(df.columns, gene_column, label_column, metadata_columns)
+    out = df[ids].reset_index(drop=True) if ids else pd.DataFrame(index=pd.RangeIndex(len(df)))
     for k, name in enumerate(LABELS):
-        out[f"prob_{name}"] = p[:, k]
-    out["predicted_class"] = p.argmax(axis=1).astype("int64")
-    out["predicted_label"] = pd.Categorical.from_codes(out["predicted_class"], categories=list(LABELS)).astype(str)
+        out[f"prob_{name}"] = p[:, k].astype(np.float32)
+    out["splice_score"] = splice_score(p).astype(np.float32)
+    out["call"] = pd.Categorical.from_codes(call_codes(p, t), categories=list(LABELS))
     return out
 
 
-_ID_COLUMNS = ("position", "transcript_id", "chrom", "strand", "absolute_position")
+def _worker_threads(default: int = 1) -> int:
+    """Threads of the worker running this task (XGBoost's nthread follows them)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return default
 
 
-def _empty_prediction_frame(like: pd.DataFrame, gene_column: str) -> pd.DataFrame:
-    cols = {c: like[c] for c in (gene_column, *_ID_COLUMNS) if c in like}
-    out = pd.DataFrame(cols)
-    for name in LABELS:
-        out[f"prob_{name}"] = pd.Series(dtype="float64")
-    out["predicted_class"] = pd.Series(dtype="int64")
-    out["predicted_label"] = pd.Series(dtype=str)
-    return out
+def _score_and_write(df: pd.DataFrame, model: MetaModel, path: str, options: dict[str, Any]) -> int:
+    """Worker task: score one partition, write it as one parquet part, return its rows."""
+    model.nthread = _worker_threads()  # this worker's threads, not every core of the machine
+    scored = predict_frame(model, df, **options)
+    scored.to_parquet(path, index=False)
+    return len(scored)
 
 
-def _score_partition(df: pd.DataFrame, model: MetaModel, gene_column: str) -> pd.DataFrame:
-    return predict_frame(model, df, gene_column)
+def _check_out(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    if out.exists() and not overwrite:
+        raise OutputError(f"'{out}' exists. Pass --overwrite to replace it or choose another --out.")
+    resolved = out.resolve()
+    for p in inputs:
+        p = p.resolve()
+        if p == resolved or resolved in p.parents:
+            raise OutputError(f"--out '{out}' would replace the input '{p}'. Choose another --out.")
+
+
+def _local_inputs(ds: Dataset, model: Any) -> list[Path]:
+    """Local paths of the inputs, which ``--out --overwrite`` must never replace."""
+    paths = [Path(f) for f in ds.files if "://" not in f]
+    if not isinstance(model, MetaModel):
+        paths.append(Path(model))
+    return paths
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished directory ``tmp`` to ``out``, replacing what was there only now."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists() or out.is_symlink():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists() or old.is_symlink():
+        old.unlink()
 
 
 def predict_dataset(
     model: str | os.PathLike | MetaModel,
-    dataset: str | os.PathLike,
+    dataset: str | os.PathLike | Dataset,
     out: str | os.PathLike,
     *,
+    gene_column: str = "gene_id",
+    label_column: str = "splice_type",
+    metadata_columns: Sequence[str] = (),
+    threshold: float | None = None,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
     **cluster_options: Any,
 ) -> int:
-    """Score every row of ``dataset`` on the cluster; write one parquet file. Returns rows written.
+    """Score every row of ``dataset`` on the cluster; write a directory of parquet parts.
 
-    ``cluster_options`` are those of :func:`metadask.cluster.connect` (``scheduler``,
-    ``n_workers``, ...).
+    Parameters
+    ----------
+    model
+        A model bundle directory (``<run>/model``) or a loaded :class:`MetaModel`.
+    dataset
+        Parquet directory, glob or fsspec URL; the label column is optional.
+    out
+        Output directory: ``part.00000.parquet`` ... (one per input file) and ``_predict.json``
+        (model, dataset, threshold, rows). Written by the workers into a temporary sibling
+        directory, renamed to ``out`` at the end: the workers must see ``out``'s filesystem.
+    gene_column, label_column, metadata_columns
+        As for training; the label column may be absent. Metadata columns (never features) are
+        passed through to the output.
+    threshold
+        Splice threshold for the ``call`` column; default: the one stored in the model bundle.
+    overwrite
+        Replace an existing ``out`` (only once the new predictions are complete).
+    storage_options, client, cluster_options
+        fsspec options for the dataset; a Dask client to use, or the options of
+        :func:`metadask.cluster.connect` (``scheduler``, ``n_workers``, ...).
+
+    Returns
+    -------
+    int
+        The number of rows written (summed from the workers' per-part counts).
     """
     unknown = sorted(set(cluster_options) - set(CONNECT_OPTIONS))
     if unknown:
         raise ConfigError(f"Unknown option '{unknown[0]}' for predict. Known: {', '.join(CONNECT_OPTIONS)}.")
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite:  # before loading anything
         raise OutputError(f"'{out}' exists. Pass --overwrite to replace it or choose another --out.")
     m = model if isinstance(model, MetaModel) else load_model(model, verbose=True)
-    ds = open_dataset(dataset, storage_options=storage_options)
-    from metadask.dataset.schema import is_kmer
-    from metadask.errors import ModelError, preview
-
+    t, source = resolve_threshold(m, threshold)
+    ds = open_dataset(dataset, storage_options=storage_options, label_column=label_column, gene_column=gene_column,
+                      metadata_columns=metadata_columns, require_labels=False)
+    _check_out(out, overwrite, _local_inputs(ds, model))
     lacking = [f for f in m.features if f not in ds.schema.columns and not is_kmer(f)]
     if lacking:
         raise ModelError(
             f"Dataset lacks {len(lacking)} feature columns the model was trained on: {preview(lacking)}. "
             "Predict on data with the training dataset's columns."
         )
-    wanted = [c for c in (ds.gene_column, "position", "transcript_id", "chrom", "strand", "absolute_position")
-              if c in ds.schema.columns]
-    present = [f for f in m.features if f in ds.schema.columns]
-    columns = list(dict.fromkeys(wanted + present + [c for c in BASE_SCORE_COLUMNS if c in ds.schema.columns]))
-    with connect(client=client, **cluster_options) as c, c.as_current():
-        ddf = ds.to_dask(columns)
-        meta = _empty_prediction_frame(ddf._meta, ds.gene_column)
-        scored = ddf.map_partitions(_score_partition, m, ds.gene_column, meta=meta)
-        result = scored.compute()
-    atomic_write(out, lambda tmp: result.to_parquet(tmp, index=False))
-    log.info("Scored %s rows of %s with %s", f"{len(result):,}", ds.url, m.describe())
-    return len(result)
+    ids = passthrough_columns(ds.schema.columns, ds.gene_column, ds.label_column, metadata_columns)
+    columns = list(dict.fromkeys(ids + [f for f in m.features if f in ds.schema.columns]))
+    options = {"gene_column": ds.gene_column, "label_column": ds.label_column,
+               "metadata_columns": tuple(metadata_columns), "threshold": t}
+    n_parts = len(ds.files)
+    log.info("Scoring %s rows in %d files of %s with %s; calls at splice threshold %g (%s)",
+             f"{ds.schema.n_rows:,}", n_parts, ds.url, m.describe(), t, source)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise output_error(out, exc) from None
+    try:
+        rows = _run(m, ds, columns, tmp, options, client, cluster_options)
+        parts = sorted(p.name for p in tmp.glob("part.*.parquet"))
+        if len(parts) != n_parts:
+            raise OutputError(
+                f"Only {len(parts)} of {n_parts} prediction parts reached '{tmp}': the workers write where they run. "
+                "Choose an --out on a filesystem the workers and this machine share."
+            )
+        summary = {"model": str(model) if not isinstance(model, MetaModel) else m.describe(), "dataset": ds.url,
+                   "rows": rows, "parts": n_parts, "threshold": {"splice": t, "source": source},
+                   "columns": [*ids, *PREDICTION_COLUMNS], "call_rule": "call = neither unless prob_donor + "
+                   "prob_acceptor >= threshold; then donor or acceptor, whichever is larger"}
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        _replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OutputError):
+            raise
+        raise output_error(exc.filename or out, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("Wrote %s predictions to %s (%d parts)", f"{rows:,}", out, n_parts)
+    return rows
+
+
+def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: dict[str, Any],
+         client: Any, cluster_options: dict[str, Any]) -> int:
+    """One score-and-write task per partition of the dataset's Dask dataframe; a line per finished one."""
+    import dask
+    from distributed import as_completed
+
+    with connect(client=client, **cluster_options) as c:
+        parts = ds.to_dask(columns).to_delayed()
+        # the model travels to each worker once, not with every task
+        remote = c.scatter(model, broadcast=True, hash=False)
+        write = dask.delayed(_score_and_write, pure=False)
+        tasks = [write(part, remote, str(tmp / f"part.{i:05d}.parquet"), options) for i, part in enumerate(parts)]
+        futures = c.compute(tasks)
+        total, t0 = 0, time.perf_counter()
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                rows = int(fut.result())
+                total += rows
+                log.info("[%d/%d] scored %s rows (elapsed %.0f s)", n, len(futures), f"{rows:,}", time.perf_counter() - t0)
+        finally:
+            c.cancel(futures)
+            c.cancel([remote])
+    return total

@@ -182,7 +182,7 @@ def test_same_seed_gives_bitwise_identical_oof_predictions_on_one_and_two_worker
     assert len(oof_lines) == FAST["n_folds"] and oof_lines[-1].startswith(f"[{FAST['n_folds']}/{FAST['n_folds']}]")
 
 
-def test_cli_train_and_library_give_the_same_predictions_and_predict_writes_ids_and_classes(trained, tiny_dataset, tmp_path, cluster):
+def test_cli_train_and_library_give_the_same_predictions_and_predict_writes_ids_and_calls(trained, tiny_dataset, tmp_path, cluster):
     result, _ = trained
     out = tmp_path / "cli"
     runner = CliRunner()
@@ -192,12 +192,12 @@ def test_cli_train_and_library_give_the_same_predictions_and_predict_writes_ids_
     assert r.exit_code == 0, r.output
     cli_oof = pd.read_parquet(out / "oof_predictions.parquet")
     np.testing.assert_array_equal(cli_oof["prob_donor"].to_numpy(), result.oof["prob_donor"].to_numpy())
-    preds = tmp_path / "preds.parquet"
+    preds = tmp_path / "preds"
     r = runner.invoke(cli, ["predict", "--model", str(out / "model"), "--dataset", str(tiny_dataset), "--out", str(preds),
                             "--scheduler", cluster.scheduler_address])
     assert r.exit_code == 0, r.output
-    p = pd.read_parquet(preds)
-    assert {"gene_id", "position", "prob_neither", "prob_donor", "prob_acceptor", "predicted_class"} <= set(p.columns)
+    p = pd.read_parquet(preds)  # a directory of parts written by the workers
+    assert {"gene_id", "position", "prob_neither", "prob_donor", "prob_acceptor", "splice_score", "call"} <= set(p.columns)
     assert len(p) == len(result.oof)
     ds = open_dataset(tiny_dataset)
     full = pd.concat([ds.read_file(f) for f in ds.files], ignore_index=True)

@@ -47,9 +47,14 @@ METADATA_COLUMNS: frozenset[str] = frozenset(
         "transcript_count",
         "score",
         *LEAKY_METADATA,
+        # per-row weight of a sampled dataset: 1 / the row's inclusion probability
+        "sample_weight",
     }
 )
 """Identifier, location and bookkeeping columns: never used as features."""
+
+WEIGHT_COLUMN = "sample_weight"
+"""Inverse inclusion probability of a row sampled from a full body (metadata, never a feature)."""
 
 KMER_PATTERN = re.compile(r"^\d+mer_[ACGTN]+$")
 
@@ -83,7 +88,8 @@ class Schema:
     """Every column of the union with its type family (``numeric``, ``string``, ...)."""
     label_column: str
     label_encoding: str
-    """``"string"`` (neither/donor/acceptor) or ``"integer"`` (0/1/2)."""
+    """``"string"`` (neither/donor/acceptor), ``"integer"`` (0/1/2) or ``"none"`` (no label column:
+    only possible when opened with ``require_labels=False``, as for prediction)."""
     gene_column: str
     metadata_columns: tuple[str, ...]
     feature_columns: tuple[str, ...]
@@ -91,6 +97,11 @@ class Schema:
     kmer_columns: tuple[str, ...]
     drift: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """k-mer column -> files that lack it (read as 0 there)."""
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the dataset carries its label column."""
+        return self.label_encoding != "none"
 
     @property
     def n_rows(self) -> int:
@@ -121,8 +132,13 @@ def build_schema(
     label_column: str = "splice_type",
     gene_column: str = "gene_id",
     extra_metadata: Sequence[str] = (),
+    require_labels: bool = True,
 ) -> Schema:
-    """Merge per-file arrow schemas into one :class:`Schema`, checking drift and types."""
+    """Merge per-file arrow schemas into one :class:`Schema`, checking drift and types.
+
+    With ``require_labels=False`` (prediction) a dataset without the label column is accepted
+    (``label_encoding == "none"``); a label column that is present is still checked.
+    """
     if not file_schemas:
         raise DatasetError("No parquet files found. Point --dataset at a directory, glob or URL of .parquet files.")
     metadata = set(METADATA_COLUMNS) | set(extra_metadata) | {label_column, gene_column}
@@ -171,12 +187,14 @@ def build_schema(
             f"No gene column '{gene_column}' in {preview(files, 2)}. "
             "Name the gene column with --gene-column."
         )
-    if label_column not in fam:
+    if label_column not in fam and not require_labels:
+        encoding = "none"
+    elif label_column not in fam:
         raise DatasetError(
             f"No label column '{label_column}' in {preview(files, 2)}. "
             "Name the label column with --label-column."
         )
-    if fam[label_column] == "string":
+    elif fam[label_column] == "string":
         encoding = "string"
     elif fam[label_column] == _NUMERIC:
         encoding = "integer"

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metadask.dataset.schema import Schema, build_schema, encode_labels, gene_keys  # noqa: F401  (gene_keys: re-exported)
+from metadask.dataset.schema import WEIGHT_COLUMN, Schema, build_schema, encode_labels, gene_keys  # noqa: F401  (gene_keys: re-exported)
 from metadask.errors import DatasetError, preview
 
 
@@ -84,6 +84,13 @@ class Dataset:
     fs: Any = field(repr=False)
     schema: Schema
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    weight_column: str = WEIGHT_COLUMN
+    """Per-row weight column (1 / inclusion probability of a sampled row), used when present."""
+
+    @property
+    def weighted(self) -> bool:
+        """True when rows carry inclusion weights (:attr:`weight_column` is in the schema)."""
+        return self.weight_column in self.schema.columns
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -259,8 +266,10 @@ def open_dataset(
     label_column: str = "splice_type",
     gene_column: str = "gene_id",
     metadata_columns: Sequence[str] = (),
+    weight_column: str | None = None,
+    require_labels: bool = True,
 ) -> Dataset:
-    """Open a training dataset lazily: resolve its files and read the schema from footers.
+    """Open a dataset lazily: resolve its files and read the schema from footers.
 
     Parameters
     ----------
@@ -273,6 +282,12 @@ def open_dataset(
         Names of the label and gene columns.
     metadata_columns
         Extra columns never to use as features.
+    weight_column
+        Per-row inclusion weights (metadata, never a feature); must exist when given. Default:
+        ``sample_weight`` when the dataset has it.
+    require_labels
+        Training and evaluation need the label column (its absence is an error); prediction
+        passes ``False`` to open unlabelled data (``schema.has_labels`` then says which it is).
     """
     if isinstance(dataset, Dataset):
         return dataset
@@ -281,8 +296,14 @@ def open_dataset(
     from metadask.dataset.validate import check_column_names
 
     check_column_names(footers)  # blank or repeated column names
-    schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=metadata_columns)
-    return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}))
+    extra = (*metadata_columns, weight_column) if weight_column else tuple(metadata_columns)
+    schema = build_schema(footers, label_column=label_column, gene_column=gene_column, extra_metadata=extra,
+                          require_labels=require_labels)
+    if weight_column and weight_column not in schema.columns:
+        raise DatasetError(f"No weight column '{weight_column}' in {url}. Name an existing column with --weight-column "
+                           "(or leave it out: 'sample_weight' is used when present).")
+    return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}),
+                   weight_column=weight_column or WEIGHT_COLUMN)
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

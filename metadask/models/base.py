@@ -39,6 +39,9 @@ class MetaModel(abc.ABC):
         self.info: dict[str, Any] = {}
         # decision thresholds (see metadask.models.thresholds); set by training, saved in the bundle
         self.thresholds: dict[str, Any] = dict(DEFAULT_THRESHOLDS)
+        # XGBoost threads for predictions (None: XGBoost's default, every core); a Dask worker
+        # sets its own thread count so that workers sharing a machine do not oversubscribe it
+        self.nthread: int | None = None
 
     # -- what subclasses provide ---------------------------------------------------------
     @abc.abstractmethod

@@ -21,7 +21,7 @@ import xgboost as xgb
 
 from metadask.dataset.schema import LABELS
 from metadask.models.base import MetaModel
-from metadask.models.boosted import FitOutput, booster_from_bytes, booster_importance, booster_to_bytes
+from metadask.models.boosted import FitOutput, booster_from_bytes, booster_importance, booster_margins, booster_to_bytes
 from metadask.models.calibration import Calibrator
 
 METHODS = ("voting", "weighted")
@@ -69,24 +69,16 @@ def combine_margins(member_margins: np.ndarray, weights: np.ndarray) -> np.ndarr
     return np.einsum("jnk,jk->nk", np.asarray(member_margins, dtype=np.float64), w)
 
 
-def _set_threads(boosters: Sequence[xgb.Booster], nthread: int | None) -> None:
-    if nthread:
-        for b in boosters:
-            b.set_param({"nthread": int(nthread)})
-
-
 def member_margins(members: Sequence[Sequence[xgb.Booster]], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
     """Margins of every member for matrix ``x``: (members, n, classes).
 
-    Uses ``inplace_predict``, which reads the float32 matrix without building a DMatrix copy
-    (a DMatrix of dense data costs about twice the matrix again).
+    Each member goes through :func:`~metadask.models.boosted.booster_margins` (``inplace_predict``
+    on the float32 matrix, no DMatrix copy), the one prediction path of every model.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((len(members), x.shape[0], len(LABELS)), dtype=np.float64)
     for j, group in enumerate(members):
-        _set_threads(group, nthread)
-        for k, b in enumerate(group):
-            out[j, :, k] = b.inplace_predict(x, predict_type="margin")
+        out[j] = booster_margins(group, x, nthread=nthread)
     return out
 
 
@@ -139,7 +131,7 @@ class EnsembleModel(MetaModel):
     def predict_margin(self, x: np.ndarray, *, members: Sequence[int] | None = None) -> np.ndarray:
         """Weighted margins (n x 3); ``members`` restricts the vote (weights renormalised)."""
         use = list(range(self.n_members)) if members is None else list(members)
-        mm = member_margins([self.members[j] for j in use], x)
+        mm = member_margins([self.members[j] for j in use], x, nthread=getattr(self, "nthread", None))
         return combine_margins(mm, self.weights[use])
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
