@@ -162,6 +162,10 @@ def _cluster_options(f):
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where artifacts and the model go.")
 @_cluster_options
 @click.option("--strategy", default="auto", show_default=True, help="auto|single|batch-ensemble|distributed|incremental, or a registered name.")
+@click.option("--eval-dataset", default=None,
+              help="Full-body dataset (every position of its genes): evaluated out of fold; the decision threshold is chosen there.")
+@click.option("--weight-column", default=None,
+              help="Per-row inverse inclusion probability (metadata) [default: sample_weight when present].")
 @click.option("--n-folds", type=int, default=5, show_default=True)
 @click.option("--n-estimators", type=int, default=800, show_default=True)
 @click.option("--learning-rate", type=float, default=0.1, show_default=True)
@@ -257,6 +261,32 @@ def predict(model_path: str, dataset: str, out: str, threshold: str | None, gene
                         metadata_columns=_parse_list(metadata_columns), threshold=value, overwrite=overwrite,
                         storage_options=_storage_options(storage, dataset), **cluster)
     click.echo(f"Wrote {n:,} predictions to {out}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model bundle directory (O/model).")
+@click.option("--dataset", required=True, help="Labelled dataset to evaluate on (every row is scored; typically full-body).")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where metrics.json, curves.csv and plots go.")
+@click.option("--threshold", type=float, default=None, help="Splice threshold to judge the meta-model at [default: the stored one].")
+@click.option("--gene-column", default="gene_id", show_default=True)
+@click.option("--label-column", default="splice_type", show_default=True)
+@click.option("--skip-plots", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out-dir.")
+@_cluster_options
+def evaluate(model_path: str, dataset: str, out_dir: str, threshold: float | None, gene_column: str, label_column: str,
+             skip_plots: bool, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
+    """Evaluate a model on every row of held-out DATASET, base vs meta (full-body metrics)."""
+    from metadask.evaluate import evaluate as run_evaluate
+
+    setup_logging(verbose)
+    cluster = {k: v for k, v in cluster.items() if v is not None}
+    m = run_evaluate(model_path, dataset, out_dir, overwrite=overwrite, threshold=threshold, gene_column=gene_column,
+                     label_column=label_column, storage_options=_storage_options(storage, dataset), skip_plots=skip_plots,
+                     **cluster)
+    b, x = m["base"], m["meta"]
+    click.echo(f"Every position ({x['positions']:,.0f}): binary F1 meta {x['f1_at_threshold']:.3f} vs base "
+               f"{b['f1_at_threshold']:.3f}; AP donor {x['ap_donor']:.3f} vs {b['ap_donor']:.3f}, acceptor "
+               f"{x['ap_acceptor']:.3f} vs {b['ap_acceptor']:.3f}; metrics in {out_dir}/metrics.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,9 @@ class TrainConfig:
     gene_column: str = "gene_id"
     metadata_columns: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
+    weight_column: str | None = None
+    # full-body evaluation: every position of each gene of this dataset, scored out of fold
+    eval_dataset: str | None = None
     # model
     n_folds: int = 5
     n_estimators: int = 800
@@ -64,6 +67,8 @@ class TrainConfig:
     # screening
     screening_sample: float = 0.1
     leakage_threshold: float = 0.95
+    leakage_auc: float = 0.999
+    default_exclusions: bool = True
     leakage_policy: Literal["exclude", "warn"] = "exclude"
     max_missing: float = 0.5
     exclude_features: tuple[str, ...] = ()
@@ -105,9 +110,15 @@ class TrainConfig:
         need(self.ensemble_cv in ("leave-batch-out", "full"), "ensemble_cv", "must be 'leave-batch-out' or 'full'", "Use --ensemble-cv leave-batch-out or full.")
         need(isinstance(self.screening_sample, (int, float)) and self.screening_sample > 0, "screening_sample", "must be a fraction in (0, 1] or a gene count", "Use e.g. --screening-sample 0.1.")
         need(isinstance(self.leakage_threshold, (int, float)) and 0 < self.leakage_threshold <= 1, "leakage_threshold", "must be in (0, 1]", "Use e.g. --leakage-threshold 0.95.")
+        need(isinstance(self.leakage_auc, (int, float)) and 0.5 < self.leakage_auc <= 1, "leakage_auc", "must be in (0.5, 1]", "Use e.g. --leakage-auc 0.999.")
+        need(isinstance(self.default_exclusions, bool), "default_exclusions", "must be true or false", "Use --default-exclusions or --no-default-exclusions.")
         need(self.leakage_policy in ("exclude", "warn"), "leakage_policy", "must be 'exclude' or 'warn'", "Use --leakage-policy exclude or warn.")
         need(isinstance(self.max_missing, (int, float)) and 0 <= self.max_missing <= 1, "max_missing", "must be a fraction in [0, 1]", "Use e.g. --max-missing 0.5.")
         need(is_int(self.shap_sample) and self.shap_sample >= 10, "shap_sample", "must be an integer >= 10", "Use e.g. --shap-sample 10000.")
+        need(self.eval_dataset is None or (isinstance(self.eval_dataset, str) and self.eval_dataset.strip() != ""),
+             "eval_dataset", "must be a dataset path or URL", "Use e.g. --eval-dataset data/fullbody.")
+        need(self.weight_column is None or (isinstance(self.weight_column, str) and self.weight_column.strip() != ""),
+             "weight_column", "must be a column name", "Use e.g. --weight-column sample_weight.")
         need(not (self.overwrite and self.resume), "resume", "cannot be combined with --overwrite", "Pass one of --resume and --overwrite.")
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +12,34 @@ from metadask.models.base import MetaModel
 
 OOF_COLUMNS = (
     "gene", "position", "label", "neither_score", "donor_score", "acceptor_score",
-    "raw_neither", "raw_donor", "raw_acceptor", "prob_neither", "prob_donor", "prob_acceptor", "fold",
+    "raw_neither", "raw_donor", "raw_acceptor", "prob_neither", "prob_donor", "prob_acceptor", "fold", "weight",
 )
-"""Columns of the out-of-fold prediction frame (``raw_*`` uncalibrated, ``prob_*`` calibrated)."""
+"""Columns of the out-of-fold prediction frame (``raw_*`` uncalibrated, ``prob_*`` calibrated;
+``weight``: the row's inverse inclusion probability, only for weighted datasets)."""
+
+
+class FoldModels(Mapping[int, MetaModel]):
+    """CV fold -> the (uncalibrated) model that never saw that fold's genes, built on demand.
+
+    Strategies keep their fold fits anyway (as booster bytes); a fold's model object is built
+    only when asked for, so a batch ensemble with many folds does not hold every fold's
+    members in memory at once.
+    """
+
+    def __init__(self, build: Callable[[int], MetaModel], folds: Iterable[int]):
+        self._build = build
+        self._folds = sorted({int(f) for f in folds})
+
+    def __getitem__(self, fold: int) -> MetaModel:
+        if int(fold) not in self._folds:
+            raise KeyError(fold)
+        return self._build(int(fold))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._folds)
+
+    def __len__(self) -> int:
+        return len(self._folds)
 
 
 @dataclass
@@ -40,6 +66,11 @@ class TrainingResult:
         gene -> CV fold.
     details
         Strategy-specific facts (batches, members, weights, ensemble CV, memory plan).
+    fold_models
+        CV fold -> the model that scored that fold's genes out of fold (never saw them);
+        full-body evaluation scores a training gene with its fold's model. Calibration sets
+        each fold model's calibrators to those cross-fitted without the fold
+        (:attr:`fold_calibrators`).
     """
 
     strategy: str
@@ -56,6 +87,17 @@ class TrainingResult:
     timings: dict[str, float] = field(default_factory=dict)
     out_dir: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    fold_models: Mapping[int, MetaModel] = field(default_factory=dict)
+    fold_calibrators: dict[int, list[Any]] = field(default_factory=dict)
+
+    def fold_model(self, fold: int) -> MetaModel:
+        """The calibrated model of CV fold ``fold`` (its cross-fitted calibrators, the final thresholds)."""
+        model = self.fold_models[int(fold)]
+        if int(fold) in self.fold_calibrators:
+            model.calibrators = list(self.fold_calibrators[int(fold)])
+        else:
+            model.calibrators = list(self.model.calibrators)
+        return model
 
     def headline(self) -> str:
         """One line for the CLI: strategy, CV macro F1 and binary F1 (meta vs base)."""

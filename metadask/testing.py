@@ -7,12 +7,19 @@ strategy must pass), in their own test suites.
 from __future__ import annotations
 
 import os
+import uuid
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from metadask.dataset.synthetic import make_dataset
 
-__all__ = ["check_strategy", "make_dataset", "real_data_path", "run_files"]
+__all__ = ["add_columns", "check_strategy", "gene_memoriser", "label_copy", "make_canary_dataset", "make_dataset",
+           "real_data_path", "run_files"]
 
 
 def real_data_path(name: str = "real_fly_3mer") -> Path | None:
@@ -26,6 +33,104 @@ def real_data_path(name: str = "real_fly_3mer") -> Path | None:
         if (p / "master").is_dir():
             return p
     return None
+
+
+# -- datasets with planted leaks ------------------------------------------------------------
+
+def _parquet_files(dataset: str | os.PathLike) -> list[Path]:
+    root = Path(dataset)
+    root = root / "master" if (root / "master").is_dir() else root
+    files = sorted(root.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"No parquet files under '{root}'.")
+    return files
+
+
+def add_columns(dataset: str | os.PathLike, columns: Callable[[pd.DataFrame], Mapping[str, np.ndarray]]) -> Path:
+    """Add columns to every parquet file of ``dataset`` (in place, each file replaced atomically).
+
+    ``columns(frame)`` gets one file's rows (the label column as written) and returns
+    name -> values for those rows. Returns ``dataset`` as a path.
+    """
+    for file in _parquet_files(dataset):
+        frame = pd.read_parquet(file)
+        for name, values in columns(frame).items():
+            frame[name] = np.asarray(values)
+        tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, file)
+    return Path(dataset)
+
+
+def _label_codes(frame: pd.DataFrame, label_column: str = "splice_type") -> np.ndarray:
+    from metadask.dataset.schema import encode_labels
+
+    return np.asarray(encode_labels(frame[label_column], label_column), dtype=np.int64)
+
+
+def _rng(frame: pd.DataFrame, seed: int, gene_column: str = "gene_id") -> np.random.Generator:
+    first = str(frame[gene_column].iloc[0]) if len(frame) else ""
+    return np.random.default_rng([seed, zlib.crc32(first.encode())])
+
+
+def label_copy(frame: pd.DataFrame, *, seed: int = 0, noise: float = 0.05, label_column: str = "splice_type") -> np.ndarray:
+    """A near copy of the label that no correlation threshold catches.
+
+    Donor rows get +1, acceptor rows -1, neither rows 0, each plus Gaussian noise (sd
+    ``noise``): |Pearson| ~0.73 with each class, ~0 with splice-vs-neither, yet the column
+    alone tells every class apart. Screening must exclude it (gene-grouped AUC rule).
+    """
+    codes = _label_codes(frame, label_column)
+    value = np.select([codes == 1, codes == 2], [1.0, -1.0], 0.0)
+    return value + _rng(frame, seed).normal(0.0, noise, len(frame))
+
+
+def gene_memoriser(frame: pd.DataFrame, *, seed: int = 0, label_column: str = "splice_type",
+                   gene_column: str = "gene_id") -> np.ndarray:
+    """A feature that memorises each gene's labels: perfect in sample, useless out of fold.
+
+    Each (gene, class) pair gets its own random value, so within the genes a model trained on
+    the column tells every class apart, while on a gene it never saw the values are new and
+    carry nothing about the class.
+    """
+    codes = _label_codes(frame, label_column)
+    out = np.empty(len(frame))
+    for gene, rows in frame.groupby(gene_column, sort=False).indices.items():
+        rng = np.random.default_rng([seed, zlib.crc32(str(gene).encode())])
+        out[rows] = rng.uniform(0.0, 1.0, 3)[codes[rows]]
+    return out
+
+
+def make_canary_dataset(out: str | os.PathLike, n_genes: int = 60, *, rows_per_gene: int = 60, seed: int = 0,
+                        genes_per_file: int = 20) -> Path:
+    """A dataset where only a memorising feature tells the classes apart (the fold-honesty canary).
+
+    Every gene has ``rows_per_gene`` rows (about 10 % donor, 10 % acceptor). The base scores
+    and two other features are noise; ``gene_memory`` is :func:`gene_memoriser`. A model
+    scored on genes it never saw must stay at chance (AUC ~0.5); the same model scored on its
+    own training genes is nearly perfect. Written as ``out/master/batch_NNNNN.parquet``.
+    """
+    rng = np.random.default_rng(seed)
+    master = Path(out) / "master"
+    master.mkdir(parents=True, exist_ok=True)
+    n_sites = max(1, rows_per_gene // 10)
+    parts = []
+    for g in range(n_genes):
+        labels = np.array(["donor"] * n_sites + ["acceptor"] * n_sites + ["neither"] * (rows_per_gene - 2 * n_sites), dtype=object)
+        rng.shuffle(labels)
+        parts.append(pd.DataFrame({"gene_id": f"CANARY{g:04d}", "position": np.arange(rows_per_gene) * 10,
+                                   "splice_type": labels}))
+    df = pd.concat(parts, ignore_index=True)
+    n = len(df)
+    scores = rng.dirichlet(np.ones(3), n)
+    df["donor_score"], df["acceptor_score"], df["neither_score"] = scores[:, 0], scores[:, 1], scores[:, 2]
+    df["noise_a"] = rng.normal(size=n)
+    df["noise_b"] = rng.integers(0, 5, n).astype(np.float64)
+    df["gene_memory"] = gene_memoriser(df, seed=seed)
+    genes = sorted(df["gene_id"].unique())
+    for i in range(0, len(genes), genes_per_file):
+        df[df["gene_id"].isin(genes[i:i + genes_per_file])].to_parquet(master / f"batch_{i // genes_per_file:05d}.parquet", index=False)
+    return Path(out)
 
 
 # -- strategy conformance ------------------------------------------------------------------

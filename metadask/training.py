@@ -75,6 +75,7 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
     oof = result.oof
     raw = sigmoid(oof[[f"margin_{c}" for c in LABELS]].to_numpy())
     y = oof["label"].to_numpy()
+    w = oof["weight"].to_numpy() if "weight" in oof else None
     for k, c in enumerate(LABELS):
         oof[f"raw_{c}"] = raw[:, k]
     if not config.calibrate_per_class:
@@ -82,16 +83,23 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
         result.model.calibrators = [IDENTITY] * len(LABELS)
         return
     t0 = time.perf_counter()
-    groups = calibration_groups(oof["fold"].to_numpy())
+    folds = oof["fold"].to_numpy()
+    groups = calibration_groups(folds)
     cal = np.empty_like(raw)
     for g in np.unique(groups):
         inside, outside = groups == g, groups != g
+        cals = [fit_calibrator(raw[outside, k], y[outside] == k, config.calib_method, None if w is None else w[outside])
+                for k in range(len(LABELS))]
         for k in range(len(LABELS)):
-            cal[inside, k] = fit_calibrator(raw[outside, k], y[outside] == k, config.calib_method)(raw[inside, k])
+            cal[inside, k] = cals[k](raw[inside, k])
+        for f in np.unique(folds[inside]):
+            result.fold_calibrators[int(f)] = cals
     oof[list(PROB_COLUMNS)] = combine(cal)
-    result.model.calibrators = [fit_calibrator(raw[:, k], y == k, config.calib_method) for k in range(len(LABELS))]
-    log.info("Calibration: %s per class, cross-fitted over %d groups of folds, %s rows (%.1f s)", config.calib_method,
-             len(np.unique(groups)), f"{len(oof):,}", time.perf_counter() - t0)
+    result.model.calibrators = [fit_calibrator(raw[:, k], y == k, config.calib_method, w) for k in range(len(LABELS))]
+    log.info("Calibration: %s per class, cross-fitted over %d groups of folds, %s rows%s (%.1f s)", config.calib_method,
+             len(np.unique(groups)), f"{len(oof):,}",
+             ", weighted by inverse inclusion probability (probabilities refer to every position)" if w is not None else "",
+             time.perf_counter() - t0)
 
 
 CALIBRATION_GROUPS = 5
@@ -161,7 +169,12 @@ def train(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     ds = open_dataset(dataset, storage_options=config.storage_options, label_column=config.label_column,
-                      gene_column=config.gene_column, metadata_columns=config.metadata_columns)
+                      gene_column=config.gene_column, metadata_columns=config.metadata_columns,
+                      weight_column=config.weight_column)
+    eval_ds = None
+    if config.eval_dataset:
+        eval_ds = open_dataset(config.eval_dataset, storage_options=config.storage_options, label_column=config.label_column,
+                               gene_column=config.gene_column, metadata_columns=config.metadata_columns)
     out = prepare_out_dir(out_dir, overwrite=config.overwrite, resume=config.resume)
     with connect(client=client, **cluster_options) as c, c.as_current():
         spec = describe(c)
@@ -184,6 +197,10 @@ def train(
         features = list(screening.features)
         if not features:
             raise TrainingError("Screening excluded every feature. Relax --leakage-threshold / --max-missing or use --keep-features.")
+        if eval_ds is not None:
+            from metadask.analysis.full_body import check_eval_dataset
+
+            check_eval_dataset(eval_ds, features)  # before training: a bad --eval-dataset fails now
 
         choice = choose_strategy(
             config.strategy, index=index, n_features=len(features), worker_memory=spec.min_memory,
@@ -215,7 +232,10 @@ def train(
         result.timings = timings
 
         t = time.perf_counter()
-        artifacts = _write_core_artifacts(out, result, ds, config)
+        artifacts = full_body_evaluation(result, ds, index, eval_ds, config, c, out)
+        timings["full_body_evaluation"] = time.perf_counter() - t
+        t = time.perf_counter()
+        artifacts += _write_core_artifacts(out, result, ds, config)
         notes: list[str] = []
         if config.analysis:
             from metadask.analysis.run import run_analysis
@@ -236,6 +256,50 @@ def train(
         (out / INCOMPLETE_MARKER).unlink()
     log.info(result.headline())
     return result
+
+
+def full_body_evaluation(result: TrainingResult, ds: Dataset, index, eval_ds: Dataset | None, config: TrainConfig,
+                         client, out: Path) -> list[str]:
+    """Evaluate on every position and choose the decision threshold there; set it on the model.
+
+    Where the scores come from, in order: ``--eval-dataset`` (every position of its genes,
+    training genes scored by their fold's model); the training dataset itself when it is
+    full-body; weighted out-of-fold rows of a sampled dataset that records inclusion
+    weights. Otherwise there is no estimate of the full-body distribution: the default 0.5
+    threshold stays and the summary says so.
+    """
+    from metadask.analysis import full_body as fb
+
+    if eval_ds is None and getattr(index, "is_full_body", False):
+        eval_ds, eval_index = ds, index
+    elif eval_ds is not None:
+        eval_index = build_gene_index(eval_ds, cache=out / "cache" / "eval_gene_index.parquet")
+    if eval_ds is not None:
+        source = f"every position of {eval_index.n_genes} genes of {eval_ds.url}, out of fold"
+        by_fold, metrics = fb.evaluate_training_run(result, eval_ds, eval_index, client, source=source)
+    elif "weight" in result.oof:
+        source = "weighted out-of-fold sampled rows (inverse inclusion probabilities): an estimate of every position"
+        by_fold = fb.weighted_oof_stats(result.oof)
+        metrics = fb.full_body_metrics(by_fold, source=source)
+    else:
+        result.details["thresholds_note"] = (
+            "Decision threshold 0.5 (default): the training data is sampled and unweighted, so no full-body "
+            "out-of-fold scores were available to choose it. Pass --eval-dataset FULLBODY (or train on weighted or "
+            "full-body data).")
+        log.warning(result.details["thresholds_note"])
+        return []
+    chosen = metrics["thresholds"]["meta_stored"]
+    result.model.thresholds = {"splice": chosen, "source": source, "f1_out_of_fold": metrics["meta"]["f1_at_threshold"],
+                               "positions": metrics["meta"]["positions"]}
+    result.details["full_body"] = metrics
+    log.info("Full-body evaluation (%s): binary F1 meta %.3f at threshold %.3f (base %.3f at its own), AP donor %.3f vs "
+             "%.3f, acceptor %.3f vs %.3f, false positives per 10 kb %.2f vs %.2f", source, metrics["meta"]["f1_at_threshold"],
+             chosen, metrics["base"]["f1_at_threshold"], metrics["meta"]["ap_donor"], metrics["base"]["ap_donor"],
+             metrics["meta"]["ap_acceptor"], metrics["base"]["ap_acceptor"], metrics["meta"]["fp_per_10kb"],
+             metrics["base"]["fp_per_10kb"])
+    files = fb.write_full_body(out / fb.FULL_BODY_DIR, by_fold, metrics,
+                               skip_plots=config.skip_plots or not config.analysis)
+    return [f"{fb.FULL_BODY_DIR}/{f}" for f in files]
 
 
 def _screening_lines(screening) -> list[str]:

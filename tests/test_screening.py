@@ -14,6 +14,7 @@ from metadask.dataset import build_gene_index, open_dataset, read_sample, repres
 from metadask.dataset.synthetic import LEAKY_COLUMNS, NEAR_CONSTANT_COLUMNS
 from metadask.errors import ConfigError, DatasetError
 from metadask.screening import (
+    ANNOTATION_ARTIFACTS,
     EXCLUDED_FILE,
     TABLE_FILE,
     load_exclusions,
@@ -82,11 +83,79 @@ def test_the_synthetic_leaky_columns_are_excluded_for_leakage_on_the_cluster(tin
     assert "with donor >= 0.95" in result.excluded["is_annotated_donor"]
 
 
-def test_has_gene_info_is_excluded_as_constant_and_the_qc_flags_as_near_constant(tiny_result):
+def test_the_annotation_artifacts_are_excluded_by_default_and_are_not_read(tiny_result):
     result, _, _ = tiny_result
+    for name in ("has_tx_info", "missing_transcript_feats", "has_gene_info", "distance_to_start", "distance_to_end"):
+        assert result.excluded[name] == "annotation artifact (default exclusion list)"
+        row = result.table.set_index("feature").loc[name]
+        assert row["decision"] == "excluded" and np.isnan(row["pearson"])  # never read
+
+
+def test_without_the_default_list_has_gene_info_is_constant_and_the_qc_flags_near_constant(tiny_dataset):
+    result, _, _ = screen(tiny_dataset, default_exclusions=False)
     assert result.excluded["has_gene_info"].startswith("constant")
     for name in NEAR_CONSTANT_COLUMNS:
         assert name in result.excluded and "constant" in result.excluded[name]
+    assert {"distance_to_start", "distance_to_end"} <= set(result.features)
+
+
+def test_keep_features_wins_over_the_default_exclusion_list(tiny_dataset):
+    result, _, _ = screen(tiny_dataset, keep_features=("distance_to_start",))
+    assert "distance_to_start" in result.features
+    assert result.excluded["distance_to_end"] == "annotation artifact (default exclusion list)"
+
+
+def test_a_reused_exclusion_list_still_applies_the_default_list(tmp_path):
+    df = make_frame()
+    df["distance_to_start"] = df["position"].astype(float)
+    path = write_dataset(tmp_path / "d", df)
+    listing = tmp_path / "excluded.txt"
+    listing.write_text("feat_a\tuser exclusion\n")
+    result, _, _ = screen(path, screening_from=str(listing))
+    assert result.excluded["distance_to_start"] == "annotation artifact (default exclusion list)"
+    assert "feat_a" in result.excluded and "feat_b" in result.features
+
+
+# -- label copies that no correlation threshold catches -------------------------------------
+def test_a_non_monotone_copy_of_the_label_is_excluded_by_the_gene_grouped_auc_rule(tiny_dataset, tmp_path, client):
+    import shutil
+
+    from metadask.testing import add_columns, label_copy
+
+    path = tmp_path / "leaky"
+    shutil.copytree(tiny_dataset, path)
+    add_columns(path, lambda frame: {"label_echo": label_copy(frame, seed=3)})
+    dataset = open_dataset(path)
+    result = screen_features(dataset, build_gene_index(dataset), TrainConfig(), client=client)
+    row = result.table.set_index("feature").loc["label_echo"]
+    assert max(abs(row["pearson"]), abs(row["spearman"])) < 0.95  # the correlation rule misses it
+    assert result.excluded["label_echo"].startswith("leakage: gene-grouped AUC"), result.excluded["label_echo"]
+    assert row["grouped_auc"] > 0.999
+    # the base scores and the features derived from them stay in
+    assert {"donor_score", "acceptor_score", "neither_score"} <= set(result.features)
+    assert not any(r.startswith("leakage: gene-grouped") for f, r in result.excluded.items() if f != "label_echo")
+
+
+def test_a_feature_that_memorises_each_genes_labels_is_not_called_a_label_copy(tmp_path):
+    from metadask.testing import gene_memoriser
+
+    df = make_frame(n_genes=60)
+    df["memory"] = gene_memoriser(df)
+    df["echo"] = np.select([df["splice_type"] == "donor", df["splice_type"] == "acceptor"], [1.0, -1.0], 0.0)
+    result, _, _ = screen(write_dataset(tmp_path / "d", df))
+    table = result.table.set_index("feature")
+    assert "memory" in result.features and table.loc["memory", "grouped_auc"] < 0.8
+    assert result.excluded["echo"].startswith("leakage: gene-grouped AUC 1.000")
+
+
+def test_a_lower_leakage_auc_catches_a_noisier_copy_and_the_default_does_not(tmp_path):
+    from metadask.testing import label_copy
+
+    df = make_frame(n_genes=60)
+    df["noisy_echo"] = label_copy(df, noise=0.3)
+    path = write_dataset(tmp_path / "d", df)
+    assert "noisy_echo" in screen(path)[0].features
+    assert screen(path, leakage_auc=0.95)[0].excluded["noisy_echo"].startswith("leakage: gene-grouped AUC")
 
 
 def test_leaky_metadata_is_listed_as_excluded_but_is_never_a_feature(tiny_result):
@@ -245,13 +314,17 @@ def test_block_size_does_not_change_the_screening(tmp_path, monkeypatch):
 
 def test_block_statistics_match_screening_a_pandas_sample(tiny_result):
     result, dataset, index = tiny_result
-    sample = read_sample(dataset, index, result.sample_genes, [*dataset.schema.feature_columns, dataset.label_column])
+    sample = read_sample(dataset, index, result.sample_genes,
+                         [*dataset.schema.feature_columns, dataset.label_column, dataset.gene_column])
     decisions = screen_sample(sample, list(dataset.schema.feature_columns), dataset.label_column,
-                              protected=dataset.schema.base_score_columns)
+                              protected=dataset.schema.base_score_columns, reference=dataset.schema.base_score_columns,
+                              default_excluded=ANNOTATION_ARTIFACTS)
     assert decisions.features == result.features
-    table = result.table.set_index("feature").loc[list(dataset.schema.feature_columns)]
-    np.testing.assert_allclose(decisions.table["spearman"], table["spearman"], rtol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(decisions.table["pearson"], table["pearson"], rtol=1e-9, equal_nan=True)
+    read = [f for f in dataset.schema.feature_columns if f not in ANNOTATION_ARTIFACTS]
+    table = result.table.set_index("feature").loc[read]
+    ours = decisions.table.set_index("feature").loc[read]
+    for stat in ("spearman", "pearson", "grouped_auc"):
+        np.testing.assert_allclose(ours[stat], table[stat], rtol=1e-9, equal_nan=True)
 
 
 # -- the sample --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pandas as pd
 from metadask.dataset.schema import LABELS
 from metadask.io import write_text
 
-PLOT_DIRS = ("performance_plots", "shap_analysis", "feature_importance_analysis", "overfitting_analysis")
+PLOT_DIRS = ("full_body_evaluation", "performance_plots", "shap_analysis", "feature_importance_analysis", "overfitting_analysis")
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -113,6 +113,17 @@ def _evaluation_section(ev: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def full_body_html(metrics: dict[str, Any]) -> str:
+    """The full-body section: base vs meta on every position, and the stored threshold."""
+    from metadask.analysis.full_body import full_body_section
+
+    t = metrics["thresholds"]
+    return (f"<p>{html.escape(str(metrics['source']))}. Thresholds are cross-fitted over folds for "
+            "<code>f1_at_threshold</code>; the stored decision threshold (used by <code>metadask predict</code>) is "
+            f"{_fmt(t['meta_stored'])} on p_donor + p_acceptor.</p>"
+            + table(full_body_section(metrics), ["metric", "base", "meta"]))
+
+
 def build_report(
     out_dir: Path,
     *,
@@ -124,14 +135,17 @@ def build_report(
     overfitting: dict[str, Any] | None,
     shap: dict[str, Any] | None,
     notes: Sequence[str],
+    full_body: dict[str, Any] | None = None,
     title: str = "metadask training report",
 ) -> str:
     """The report's HTML (images read from ``out_dir``)."""
     sec: list[tuple[str, str, str]] = [("summary", "Training summary", f"<pre>{html.escape(summary_text)}</pre>")]
     if notes:
         sec.append(("notes", "Notes", "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)))
+    if full_body:
+        sec.append(("full-body", "Full-body evaluation (every position, out of fold)", full_body_html(full_body)))
     if evaluation:
-        sec.append(("evaluation", "Evaluation (out-of-fold)", _evaluation_section(evaluation)))
+        sec.append(("evaluation", "Evaluation (out-of-fold sampled rows)", _evaluation_section(evaluation)))
     if fold_metrics is not None and not fold_metrics.empty:
         cols = ["fold", "n_genes", "n_rows", "accuracy", "macro_f1", "meta_binary_f1", "base_binary_f1", "meta_binary_ap",
                 "base_binary_ap", "meta_fp", "base_fp", "meta_fn", "base_fn"]

@@ -198,6 +198,7 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
             out, summary_text=_summary_text(result, ctx, out, notes, screening_lines), evaluation=ev_summary,
             fold_metrics=result.fold_metrics, per_gene=per_gene, importance=imp_table,
             overfitting=ovf[0] if ovf else None, shap=shap_result.summary if shap_result else None, notes=notes,
+            full_body=result.details.get("full_body"),
             title=f"metadask training report: {result.details.get('strategy_label', result.strategy)}",
         )
 

@@ -83,7 +83,7 @@ def ensemble_lines(details: dict[str, Any]) -> list[str]:
         return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
     for k, v in details.items():
-        if k == "ensemble_cv_results" or not isinstance(v, (list, tuple, dict)) or not v:
+        if k in ("ensemble_cv_results", "full_body") or not isinstance(v, (list, tuple, dict)) or not v:
             continue
         title = k.replace("_", " ").title()
         if isinstance(v, dict) and all(numbers(x) for x in v.values()):
@@ -138,7 +138,17 @@ def summary_text(s: dict[str, Any], screening_lines: list[str] | None = None) ->
     ens = ensemble_lines(s["details"])
     if ens:
         lines += ["", "ENSEMBLE DETAILS:", "-" * 20, *ens]
-    lines += ["", "PERFORMANCE SUMMARY (out-of-fold, genes never seen by the scoring model):", "-" * 20]
+    fb = s["details"].get("full_body")
+    if fb:
+        lines += ["", "FULL-BODY EVALUATION (every position users scan; out of fold):", "-" * 20, f"Source: {fb['source']}",
+                  f"{'metric':<22}{'base':>10}{'meta':>10}"]
+        for key in ("positions", "ap_donor", "ap_acceptor", "f1_at_0.5", "f1_at_threshold", "threshold", "best_f1",
+                    "topk_donor", "topk_acceptor", "fp_per_10kb"):
+            b, m = fb["base"].get(key), fb["meta"].get(key)
+            fmt = (lambda v: "-" if v is None else f"{v:,.0f}" if key == "positions" else f"{v:.3f}")
+            lines.append(f"{key:<22}{fmt(b):>10}{fmt(m):>10}")
+        lines.append(f"Stored decision threshold: {fb['thresholds']['meta_stored']:.4f} (p_donor + p_acceptor)")
+    lines += ["", "PERFORMANCE SUMMARY (out-of-fold sampled rows, genes never seen by the scoring model):", "-" * 20]
     names = {
         "accuracy": "CV Accuracy", "macro_f1": "CV F1 Macro", "meta_binary_f1": "Meta Binary F1 (splice vs neither)",
         "base_binary_f1": "Base Binary F1 (splice vs neither)", "meta_binary_ap": "Meta Binary AP", "base_binary_ap": "Base Binary AP",

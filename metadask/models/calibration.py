@@ -52,8 +52,12 @@ class Calibrator:
 IDENTITY = Calibrator("identity", {})
 
 
-def fit_calibrator(p: np.ndarray, y: np.ndarray, method: str) -> Calibrator:
-    """Fit one class's calibrator on probabilities ``p`` and binary outcomes ``y``."""
+def fit_calibrator(p: np.ndarray, y: np.ndarray, method: str, sample_weight: np.ndarray | None = None) -> Calibrator:
+    """Fit one class's calibrator on probabilities ``p`` and binary outcomes ``y``.
+
+    ``sample_weight`` (inverse inclusion probabilities of sampled rows) makes the calibrated
+    probabilities refer to the distribution the rows were sampled from (every position).
+    """
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         return IDENTITY
@@ -61,12 +65,13 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray, method: str) -> Calibrator:
         from sklearn.linear_model import LogisticRegression
 
         lr = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
-        lr.fit(_logit(p).reshape(-1, 1), y)
+        lr.fit(_logit(p).reshape(-1, 1), y, sample_weight=sample_weight)
         return Calibrator("platt", {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])})
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(p, dtype=np.float64), y)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(p, dtype=np.float64), y,
+                                                                                   sample_weight=sample_weight)
         return Calibrator("isotonic", {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
     raise ValueError(f"Unknown calibration method {method!r}")
 

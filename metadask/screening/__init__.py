@@ -5,6 +5,7 @@ manifest. See ``docs/screening.md`` for the rules and how to override them.
 """
 
 from metadask.screening.rules import (
+    ANNOTATION_ARTIFACTS,
     NEAR_CONSTANT_SHARE,
     TABLE_COLUMNS,
     TARGET_NAMES,
@@ -25,6 +26,7 @@ from metadask.screening.screen import (
 )
 
 __all__ = [
+    "ANNOTATION_ARTIFACTS",
     "EXCLUDED_FILE",
     "NEAR_CONSTANT_SHARE",
     "TABLE_COLUMNS",

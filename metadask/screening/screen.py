@@ -31,6 +31,8 @@ from metadask.dataset.schema import LEAKY_METADATA, encode_labels
 from metadask.dataset.source import Dataset
 from metadask.errors import ConfigError, DatasetError, option_error, preview
 from metadask.screening.rules import (
+    ANNOTATION_ARTIFACTS,
+    DEFAULT_REASON,
     LEAKY_METADATA_REASON,
     TABLE_COLUMNS,
     USER_REASON,
@@ -38,6 +40,7 @@ from metadask.screening.rules import (
     canonical,
     column_stats,
     decide,
+    gene_halves,
     leakage_targets,
     new_digest,
     reason_category,
@@ -216,9 +219,10 @@ def screen_block(
     time. Returns the statistics and the number of rows read, which must equal
     ``expected_rows`` (the gene index's count for ``genes``).
     """
-    label = dataset.label_column
+    label, gene = dataset.label_column, dataset.gene_column
     x = np.empty((expected_rows, len(columns)), dtype=np.float32, order="F")
     codes = np.empty(expected_rows, dtype=np.int8)
+    halves = np.empty(expected_rows, dtype=np.int8)
     hashers = [new_digest() for _ in columns]
     drift = dataset.schema.drift
     pos = 0
@@ -226,7 +230,7 @@ def screen_block(
         # k-mer columns this file lacks count 0 there: fill them here rather than asking
         # read_file to add them one by one to the frame
         lacking = {c for c in columns if file in drift.get(c, ())}
-        df = dataset.read_file(file, [label, *(c for c in columns if c not in lacking)], genes)
+        df = dataset.read_file(file, [label, gene, *(c for c in columns if c not in lacking and c != gene)], genes)
         m = len(df)
         if pos + m > expected_rows:
             raise DatasetError(
@@ -234,6 +238,7 @@ def screen_block(
                 f"in '{file}'. The dataset changed after indexing; rebuild the index and retry."
             )
         codes[pos:pos + m] = encode_labels(df[label], label)
+        halves[pos:pos + m] = gene_halves(df[gene].astype(str).to_numpy())
         for j, c in enumerate(columns):
             raw = np.zeros(m) if c in lacking else to_float64(df[c])
             hashers[j].update(canonical(raw).tobytes())
@@ -247,7 +252,7 @@ def screen_block(
             "The dataset changed after indexing; rebuild the index and retry."
         )
     targets = leakage_targets(codes)
-    stats = [column_stats(x[:, j], targets, hashers[j].hexdigest()) for j in range(len(columns))]
+    stats = [column_stats(x[:, j], targets, hashers[j].hexdigest(), halves) for j in range(len(columns))]
     return stats, pos
 
 
@@ -328,21 +333,26 @@ def screen_features(dataset: Dataset, index: GeneIndex, config: TrainConfig, *, 
         protected_why.setdefault(name, "--keep-features")
     user = _resolve_names(parse_exclude_option(config.exclude_features), dataset, "exclude_features", warnings)
     leaky_meta = {c: LEAKY_METADATA_REASON for c in LEAKY_METADATA if c in schema.columns}
-    settings = {"leakage_threshold": config.leakage_threshold, "leakage_policy": config.leakage_policy,
+    features = set(all_features)
+    defaults = [c for c in ANNOTATION_ARTIFACTS if c in features and c not in protected_why] if config.default_exclusions else []
+    settings = {"leakage_threshold": config.leakage_threshold, "leakage_auc": config.leakage_auc,
+                "default_exclusions": config.default_exclusions, "leakage_policy": config.leakage_policy,
                 "max_missing": config.max_missing, "screening_sample": config.screening_sample, "seed": config.seed}
 
     if config.screening_from:
-        result = _reuse(config.screening_from, dataset, all_features, user, protected_why, leaky_meta, warnings, settings)
+        result = _reuse(config.screening_from, dataset, all_features, user, defaults, protected_why, leaky_meta, warnings, settings)
     else:
-        result = _screen_sample(dataset, index, config, all_features, user, protected_why, leaky_meta, warnings, settings, client)
+        result = _screen_sample(dataset, index, config, all_features, user, defaults, protected_why, leaky_meta, warnings,
+                                settings, client)
     for w in result.warnings:
         log.warning("Screening: %s", w)
     log.info("Screening: %s", _one_line(result, len(all_features)))
     return result
 
 
-def _reuse(path: str, dataset: Dataset, all_features: list[str], user: list[str], protected_why: dict[str, str],
-           leaky_meta: dict[str, str], warnings: list[str], settings: dict[str, Any]) -> ScreeningResult:
+def _reuse(path: str, dataset: Dataset, all_features: list[str], user: list[str], defaults: list[str],
+           protected_why: dict[str, str], leaky_meta: dict[str, str], warnings: list[str],
+           settings: dict[str, Any]) -> ScreeningResult:
     listed = load_exclusions(path)
     log.info("Screening: reusing %d exclusions from %s (no sample read)", len(listed), path)
     unknown = [n for n in listed if n not in dataset.schema.columns]
@@ -350,7 +360,7 @@ def _reuse(path: str, dataset: Dataset, all_features: list[str], user: list[str]
         warnings.append(f"--screening-from lists names that match no column of this dataset: {preview(unknown)}")
     drop: dict[str, str] = {}
     for name in all_features:
-        reason = USER_REASON if name in user else listed.get(name)
+        reason = USER_REASON if name in user else listed.get(name, DEFAULT_REASON if name in defaults else None)
         if reason is None:
             continue
         if name in protected_why:
@@ -362,13 +372,13 @@ def _reuse(path: str, dataset: Dataset, all_features: list[str], user: list[str]
 
 
 def _screen_sample(dataset: Dataset, index: GeneIndex, config: TrainConfig, all_features: list[str], user: list[str],
-                   protected_why: dict[str, str], leaky_meta: dict[str, str], warnings: list[str],
+                   defaults: list[str], protected_why: dict[str, str], leaky_meta: dict[str, str], warnings: list[str],
                    settings: dict[str, Any], client: Any) -> ScreeningResult:
     genes = representative_genes(index, config.screening_sample, seed=config.seed, minimum=MIN_SAMPLE_GENES)
     rows = index.rows(genes)
     files = index.files_for(genes)
     # user-excluded columns are not read (they may hold values the models could not use)
-    skip = {n for n in user if n not in protected_why}
+    skip = {n for n in [*user, *defaults] if n not in protected_why}
     to_read = [f for f in all_features if f not in skip]
     width = block_columns(rows, len(to_read))
     blocks = [to_read[i:i + width] for i in range(0, len(to_read), width)]
@@ -388,10 +398,12 @@ def _screen_sample(dataset: Dataset, index: GeneIndex, config: TrainConfig, all_
         else:
             records.append({"feature": name, **{k: getattr(st, k) for k in ColumnStats.__dataclass_fields__}})
     frame = pd.DataFrame.from_records(records)
-    frame = frame.reindex(columns=["feature", "pearson", "spearman", "target", "missing_rate", "distinct_ratio",
-                                   "top_value_share", "n_distinct", "n_infinite", "rows", "digest"])
+    frame = frame.reindex(columns=["feature", "pearson", "spearman", "target", "grouped_auc", "auc_target", "missing_rate",
+                                   "distinct_ratio", "top_value_share", "n_distinct", "n_infinite", "rows", "digest"])
     d = decide(frame, protected=protected_why, protected_why=protected_why, user_excluded=user,
-               leakage_threshold=config.leakage_threshold, leakage_policy=config.leakage_policy,
+               default_excluded=defaults, reference=dataset.schema.base_score_columns,
+               leakage_threshold=config.leakage_threshold, leakage_auc=config.leakage_auc,
+               leakage_policy=config.leakage_policy,
                max_missing=config.max_missing)
     for _, row in (d.table.iterrows() if log.isEnabledFor(logging.DEBUG) else ()):
         log.debug("Screening %s: %s%s (pearson %.3f, spearman %.3f, missing %.3f, top share %.4f)",

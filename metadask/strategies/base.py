@@ -23,7 +23,7 @@ from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
 from metadask.journal import Journal, digest
-from metadask.models.boosted import FitOutput
+from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.plan import FoldPlan
 from metadask.results import TrainingResult
 from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
@@ -148,6 +148,11 @@ def fits_frame(specs: Sequence[FitSpec], outputs: dict[str, FitOutput]) -> pd.Da
             "seconds": round(o.seconds, 3), "nthread": o.nthread, "peak_rss": o.peak_rss,
         })
     return pd.DataFrame(rows)
+
+
+def fold_booster_model(outputs: dict[str, FitOutput], prefix: str, features: Sequence[str]) -> BoosterModel:
+    """The three one-vs-rest boosters ``{prefix}-{class}`` of ``outputs`` as one model (a CV fold's)."""
+    return BoosterModel([booster_from_bytes(outputs[f"{prefix}-{c}"].booster) for c in LABELS], list(features))
 
 
 class Strategy(abc.ABC):

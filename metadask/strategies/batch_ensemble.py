@@ -40,7 +40,7 @@ from metadask.models.calibration import combine
 from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.plan import eval_sample, split_validation
-from metadask.results import TrainingResult
+from metadask.results import FoldModels, TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows, worker_threads
 
@@ -136,7 +136,7 @@ def run_ensemble_predict(
         boosters = [booster_from_bytes(f.booster) for f in member]
         margins += member_margins([boosters], x, nthread=nthread)[0] * weights[j]
         del boosters
-    return margins_frame(meta, y, margins, dataset.gene_column)
+    return margins_frame(meta, y, margins, dataset.gene_column, dataset.weight_column)
 
 
 def _chunks(index: GeneIndex, genes: Sequence[str], genes_per_task: int, seed: int) -> list[list[str]]:
@@ -269,6 +269,7 @@ class BatchEnsembleStrategy(Strategy):
         cv_items: dict[str, tuple[FitSpec, Any]] = {}
         oof_parts: list[tuple[int, Any]] = []
         cv_info: list[dict[str, Any]] = []
+        fold_prefixes: dict[int, list[str]] = {}  # fold -> key prefixes of the members that scored it
         limit = cv_members()
         if mode == "leave-batch-out":
             if 0 < limit < n_batches - 1:
@@ -276,6 +277,7 @@ class BatchEnsembleStrategy(Strategy):
                         "saw it (a seeded choice; metadask.ensemble-cv-members), so the cost stays linear in the data.")
             for b in range(n_batches):
                 others = scoring_members(b, n_batches, limit, cfg.seed)
+                fold_prefixes[b] = [f"member-b{j}" for j in others]
                 genes = sorted(batches.index[batches == b])
                 oof_parts += [(b, f) for f in self._predict(ctx, genes, [members[j] for j in others], f"b{b}", cfg.seed + b)]
                 cv_info.append({"fold": b, "members_used": len(others), "scored_by": " ".join(f"member{j}" for j in others),
@@ -290,6 +292,7 @@ class BatchEnsembleStrategy(Strategy):
                                                     specs, cv_items, 20, share_reads)
                 oof_parts += [(fp.fold, f) for f in self._predict(ctx, fp.test, fold_members, f"f{fp.fold}", seed)]
                 k = int(fold_batches.max()) + 1
+                fold_prefixes[fp.fold] = [f"cv-f{fp.fold}-b{j}" for j in range(k)]
                 cv_info.append({"fold": fp.fold, "members_used": k, "scored_by": f"{k} members trained on the other folds",
                                 "n_genes": len(fp.test)})
             folds = ctx.folds
@@ -320,10 +323,16 @@ class BatchEnsembleStrategy(Strategy):
         }
         if note:
             details["ensemble_cv_note"] = note
+        def fold_model(fold: int) -> EnsembleModel:
+            fits = [[outputs[f"{p}-{c}"] for c in LABELS] for p in fold_prefixes[fold]]
+            return EnsembleModel([[booster_from_bytes(f.booster) for f in m] for m in fits],
+                                 fit_weights(fits, cfg.ensemble_method), ctx.features, method=cfg.ensemble_method)
+
         result = TrainingResult(
             strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=folds, details=details,
+            fold_models=FoldModels(fold_model, fold_prefixes),
         )
         result.details["ensemble_cv_results"] = ensemble_cv_results(result)
         return result

@@ -45,8 +45,8 @@ from metadask.dataset.source import Dataset
 from metadask.errors import ClusterError, TrainingError
 from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
-from metadask.results import TrainingResult
-from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.results import FoldModels, TrainingResult
+from metadask.strategies.base import Strategy, TrainContext, fits_frame, fold_booster_model
 from metadask.strategies.tasks import FitSpec, GeneSet, gene_partitions, read_rows, run_predict
 
 log = logging.getLogger("metadask")
@@ -356,6 +356,8 @@ class DistributedStrategy(Strategy):
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=ctx.folds,
             details={"workers": sorted(workers), "collective_timeout_s": int(setting("collective-timeout"))},
+            fold_models=FoldModels(lambda f: fold_booster_model(outputs, f"cv-f{f}", ctx.features),
+                                   [fp.fold for fp in ctx.fold_plans]),
         )
 
     def _run_fits(self, ctx: TrainContext, specs: list[FitSpec], outputs: dict[str, FitOutput], *,

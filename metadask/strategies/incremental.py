@@ -169,7 +169,7 @@ def _sgd_loss(chain: Chain, dataset: Dataset, gs: GeneSet, features: Sequence[st
 
 def _linear_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, model: LinearModel) -> pd.DataFrame:
     x, y, meta = read_rows(dataset, gs, features)
-    return margins_frame(meta, y, model.predict_margin(x), dataset.gene_column)
+    return margins_frame(meta, y, model.predict_margin(x), dataset.gene_column, dataset.weight_column)
 
 
 def _new_chain(seed: int, mean: np.ndarray, scale: np.ndarray) -> Chain:
@@ -273,6 +273,7 @@ class IncrementalStrategy(Strategy):
         return TrainingResult(
             strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
             histories=histories, features=feats, excluded=dict(ctx.excluded), folds=ctx.folds,
+            fold_models=dict(fold_models),
             details={"epochs": epochs, "alpha": float(setting("alpha")), "final_epochs": chosen,
                      "partition_rows": max_rows, "history_unit": "epoch"},
         )

@@ -13,8 +13,8 @@ import pandas as pd
 
 from metadask.dataset.schema import LABELS
 from metadask.models.boosted import BoosterModel, booster_from_bytes
-from metadask.results import TrainingResult
-from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.results import FoldModels, TrainingResult
+from metadask.strategies.base import Strategy, TrainContext, fits_frame, fold_booster_model
 from metadask.strategies.tasks import FitSpec, run_predict
 
 log = logging.getLogger("metadask")
@@ -73,4 +73,6 @@ class SingleStrategy(Strategy):
             strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=ctx.folds,
+            fold_models=FoldModels(lambda f: fold_booster_model(outputs, f"cv-f{f}", ctx.features),
+                                   [fp.fold for fp in ctx.fold_plans]),
         )

@@ -18,7 +18,7 @@ import pandas as pd
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.memory import process_peak_rss
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
-from metadask.dataset.rows import GeneSet, read_rows
+from metadask.dataset.rows import GeneSet, gene_partitions, read_rows
 from metadask.dataset.source import Dataset
 from metadask.models.boosted import (
     FitMatrices, FitOutput, booster_from_bytes, booster_margins, fit_binary, fit_matrices,
@@ -47,34 +47,6 @@ class FitSpec:
             "valid": sorted(self.valid.genes) if self.valid else [], "eval": sorted(self.eval_genes),
             "n_estimators": self.n_estimators, "esr": self.early_stopping_rounds, "params": self.params,
         }
-
-
-def gene_partitions(index: GeneIndex, genes: Sequence[str], max_rows: int | None = None) -> list[tuple[GeneSet, int]]:
-    """Gene-aligned partitions of ``genes``: (gene set, rows) per group of genes sharing files.
-
-    Genes held by the same files form one partition (one per file in the usual layout), in
-    file order; with ``max_rows`` a group is cut into consecutive runs of whole genes of at
-    most ``max_rows`` rows (a gene larger than that is a partition of its own). A gene is
-    never split between partitions, and the result depends only on the index and ``genes``.
-    """
-    table = index.table.loc[sorted(genes), ["files", "n_rows"]]
-    groups: dict[tuple[int, ...], list[tuple[str, int]]] = {}
-    for gene, files, n in zip(table.index, table["files"], table["n_rows"]):
-        groups.setdefault(tuple(files), []).append((str(gene), int(n)))
-    out: list[tuple[GeneSet, int]] = []
-    for files, members in sorted(groups.items()):
-        paths = tuple(index.files[i] for i in files)
-        run: list[str] = []
-        rows = 0
-        for gene, n in members:
-            if run and max_rows is not None and rows + n > max_rows:
-                out.append((GeneSet(tuple(run), paths), rows))
-                run, rows = [], 0
-            run.append(gene)
-            rows += n
-        if run:
-            out.append((GeneSet(tuple(run), paths), rows))
-    return out
 
 
 def _fit_rows(dataset: Dataset, features: Sequence[str], spec: FitSpec
@@ -147,8 +119,9 @@ def run_fits(dataset: Dataset, features: Sequence[str], specs: Sequence[FitSpec]
     return outs
 
 
-def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_column: str) -> pd.DataFrame:
-    """The prediction frame: ids, label code, base scores and per-class margins."""
+def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_column: str,
+                  weight_column: str | None = None) -> pd.DataFrame:
+    """The prediction frame: ids, label code, base scores, per-class margins (and ``weight`` when rows carry one)."""
     out = pd.DataFrame({"gene": meta[gene_column].astype(str).to_numpy()})
     out["position"] = meta["position"].to_numpy() if "position" in meta else np.arange(len(meta))
     out["label"] = y.astype(np.int8)
@@ -156,6 +129,8 @@ def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_c
         out[c] = meta[c].to_numpy(dtype=np.float64) if c in meta else np.nan
     for k, name in enumerate(LABELS):
         out[f"margin_{name}"] = margins[:, k]
+    if weight_column is not None and weight_column in meta:
+        out["weight"] = meta[weight_column].to_numpy(dtype=np.float64)
     return out
 
 
@@ -164,4 +139,4 @@ def run_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Se
     x, y, meta = read_rows(dataset, gs, features)
     boosters = [booster_from_bytes(f.booster) for f in fits]
     margins = booster_margins(boosters, x, nthread=worker_threads())
-    return margins_frame(meta, y, margins, dataset.gene_column)
+    return margins_frame(meta, y, margins, dataset.gene_column, dataset.weight_column)
