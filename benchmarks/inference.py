@@ -19,15 +19,24 @@ Measured, on the dataset's rows:
   interleaved in each round;
 * **on a LocalCluster** (2 workers x 1 thread by default): ``metadask.predict_dataset(model,
   dataset, out)``, which reads the parquet files on the workers, scores each partition and
-  writes one parquet file; the cluster is started (and warmed by one call) outside the timing.
+  writes it as a parquet part; the cluster is started (and warmed by one call) outside the timing.
 
 Rows per second = rows / median seconds. A K-member ensemble does about K times the trees'
 work of the single model; the fixed costs (turning the frame into a float32 matrix, measured
 alone as a baseline in the same rounds; calibration; for ``predict_dataset`` reading parquet
 and writing the result) are the same for both.
 
+**Scan** (what ``metadask predict`` does on a genome): the dataset's rows without labels,
+written once as a parquet file and hard-linked as many times as it takes to reach each of the
+``--scan-rows`` sizes (default 2.5 M and 25 M rows, 10x apart; one partition per file), scored
+by ``predict_dataset`` with the single model on the LocalCluster (read, score, write parquet
+parts on the workers). Measured: rows per second next to bare XGBoost ``inplace_predict`` of
+the same three boosters on the same rows (the float32 matrix already in memory, as many
+threads as the cluster has: the trees' work alone) in the same run, their ratio, and the
+client's peak RSS during each run (sampled every 50 ms), which must not grow with the rows.
+
     python -m benchmarks inference [--genes 200] [--n-estimators 100] [--members 2,4,8] [--fit-rows 20000]
-                                   [--repeats 3] [--workers 2] [--tiny]
+                                   [--repeats 3] [--workers 2] [--scan-rows 2500000,25000000] [--tiny]
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import synthetic, table, write_result
+from benchmarks.common import PeakRSS, synthetic, table, write_result
 
 
 def build_models(path: str, n_estimators: int, max_members: int, fit_rows: int,
@@ -122,6 +131,79 @@ def timed(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
     return out
 
 
+def scan_files(frame: Any, label_column: str, rows: int, where: str) -> tuple[str, int]:
+    """A directory of hard links to one unlabelled parquet file of ``frame``: about ``rows`` rows."""
+    import shutil
+
+    os.makedirs(where, exist_ok=True)
+    base = os.path.join(where, "base.parquet")
+    if not os.path.exists(base):
+        frame.drop(columns=[label_column]).to_parquet(base, index=False)
+    n_files = max(1, round(rows / len(frame)))
+    out = os.path.join(where, f"scan_{n_files}")
+    os.makedirs(out, exist_ok=True)
+    for i in range(n_files):
+        target = os.path.join(out, f"part_{i:05d}.parquet")
+        if not os.path.exists(target):
+            try:
+                os.link(base, target)  # the same bytes: no disk space, the page cache serves every read
+            except OSError:
+                shutil.copyfile(base, target)
+    return out, n_files * len(frame)
+
+
+def bare_rows_per_s(boosters: list[Any], x: np.ndarray, nthread: int, repeats: int) -> tuple[float, list[float]]:
+    """Bare XGBoost: ``inplace_predict`` (margins) of each booster on the float32 matrix."""
+    for b in boosters:
+        b.set_param({"nthread": nthread})
+
+    def run() -> None:
+        for b in boosters:
+            b.inplace_predict(x, predict_type="margin")
+
+    secs = timed({"bare": run}, repeats)["bare"]
+    return len(x) / statistics.median(secs), secs
+
+
+def scan(model: Any, frame: Any, label_column: str, sizes: list[int], client: Any, workers: int,
+         repeats: int, tmp: str) -> dict[str, Any]:
+    """predict_dataset on unlabelled scans of each size vs bare inplace_predict; client peak RSS."""
+    import copy
+
+    import psutil
+
+    from metadask.inference import predict_dataset
+
+    boosters = [copy.copy(b) for b in model.boosters]  # own thread setting, the model's untouched
+    x = np.ascontiguousarray(frame[model.features].to_numpy(dtype=np.float32))
+    bare, bare_secs = bare_rows_per_s(boosters, x, workers, repeats)
+    print(f"  scan: bare inplace_predict, {workers} threads: {bare:,.0f} rows/s", flush=True)
+    runs = []
+    out = os.path.join(tmp, "scan_out")
+    for i, size in enumerate(sizes):
+        path, rows = scan_files(frame, label_column, size, os.path.join(tmp, "scan"))
+        if i == 0:  # warm-up (imports, the model's first trip to the workers), untimed
+            predict_dataset(model, path, out, overwrite=True, client=client)
+        before = psutil.Process().memory_info().rss
+        with PeakRSS(children=False) as peak:
+            t = time.perf_counter()
+            n = predict_dataset(model, path, out, overwrite=True, client=client)
+            secs = time.perf_counter() - t
+        assert n == rows, (n, rows)
+        runs.append({"rows": rows, "files": rows // len(frame), "seconds": secs, "rows_per_s": rows / secs,
+                     "client_rss_before": before, "client_peak_rss": peak.peak,
+                     "client_peak_growth": peak.peak - before})
+        print(f"  scan: predict_dataset, {rows:,} rows: {rows / secs:,.0f} rows/s; client peak RSS "
+              f"{peak.peak / 2**20:,.0f} MiB (+{(peak.peak - before) / 2**20:,.0f} MiB)", flush=True)
+    largest = runs[-1]
+    return {
+        "bare_inplace_rows_per_s": bare, "bare_inplace_seconds": bare_secs, "bare_rows": len(x),
+        "bare_threads": workers, "runs": runs, "predict_rows_per_s": largest["rows_per_s"],
+        "ratio_bare_over_predict": bare / largest["rows_per_s"],
+        "client_peak_rss_ratio_largest_over_smallest": runs[-1]["client_peak_rss"] / runs[0]["client_peak_rss"],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genes", type=int, default=200)
@@ -131,10 +213,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--members", default="2,4,8", help="ensemble sizes K, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true", help="smoke run: 20 genes, 10 trees, K = 2, 1 repeat")
+    ap.add_argument("--scan-rows", default="2500000,25000000",
+                    help="scan sizes (rows, comma-separated; '' skips the scan): predict_dataset vs bare inplace_predict")
+    ap.add_argument("--tiny", action="store_true",
+                    help="smoke run: 20 genes, 10 trees, K = 2, 1 repeat, scans of ~40,000 and ~400,000 rows")
     args = ap.parse_args(argv)
     if args.tiny:
         args.genes, args.n_estimators, args.members, args.repeats = 20, 10, "2", 1
+        args.scan_rows = "40000,400000"
+    scan_sizes = sorted(int(v) for v in args.scan_rows.split(",") if v.strip())
     ks = sorted({int(k) for k in args.members.split(",") if k.strip()})
     from distributed import Client, LocalCluster
 
@@ -163,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = os.path.join(tmp, "pred.parquet")
         cluster_times = timed({name: (lambda m=model: predict_dataset(m, path, out, overwrite=True, client=client))
                                for name, model in models.items()}, args.repeats)
+        scanned = (scan(single, frame, "splice_type", scan_sizes, client, args.workers, args.repeats, tmp)
+                   if scan_sizes else None)
     for name, secs in cluster_times.items():
         print(f"  predict_dataset, {name}: {n / statistics.median(secs):,.0f} rows/s", flush=True)
     per_model: dict[str, Any] = {}
@@ -189,6 +278,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"(x{rec['cluster_slowdown_vs_single']:.1f})"))
     rows.append(("frame -> matrix only", f"in process {n / statistics.median(matrix_seconds):>10,.0f} rows/s "
                                          "(part of every predict_proba above)"))
+    if scanned:
+        rows.append(("scan: bare inplace_predict", f"{scanned['bare_inplace_rows_per_s']:>10,.0f} rows/s "
+                                                   f"({scanned['bare_threads']} threads, matrix in memory)"))
+        for r in scanned["runs"]:
+            rows.append((f"scan: predict_dataset {r['rows']:,} rows",
+                         f"{r['rows_per_s']:>10,.0f} rows/s (x{scanned['bare_inplace_rows_per_s'] / r['rows_per_s']:.2f} "
+                         f"bare's time)   client peak {r['client_peak_rss'] / 2**20:,.0f} MiB "
+                         f"(+{r['client_peak_growth'] / 2**20:,.0f} MiB during the run)"))
     rows.append(("load average", " ".join(f"{v:.1f}" for v in load_before) + f" on {os.cpu_count()} cores"))
     print(table(rows))
     payload = {
@@ -199,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **facts, "models": per_model, "frame_to_matrix_seconds": matrix_seconds,
         "frame_to_matrix_rows_per_s": n / statistics.median(matrix_seconds), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "ensemble_class": "metadask.models.ensemble.EnsembleModel",
+        "scan": scanned,
     }
     write_result("inference" + ("_tiny" if args.tiny else ""), payload)
     return payload

@@ -25,7 +25,7 @@ EXPECTED_KEYS = {
     "out_of_core": {"matrix_to_memory_ratio", "worker_peak_rss", "checks"},
     "memory_model": {"results", "worst_abs_error"},
     "shap_speed": {"distributed_compute_seconds", "max_abs_difference"},
-    "inference": {"rows", "n_estimators", "models", "frame_to_matrix_rows_per_s"},
+    "inference": {"rows", "n_estimators", "models", "frame_to_matrix_rows_per_s", "scan"},
     "growth": {"sizes", "strategies", "runs"},
     "shared_reads": {"median_seconds", "worker_peak_rss", "speedup", "identical_boosters"},
 }
@@ -83,6 +83,11 @@ def check_inference(data: dict) -> None:
     assert models["ensemble K=2"]["trees"] == 2 * models["single"]["trees"]
     for m in models.values():
         assert m["in_process_rows_per_s"] > 0 and m["cluster_rows_per_s"] > 0
+    scan = data["scan"]  # predict_dataset on unlabelled scans 10x apart vs bare inplace_predict
+    small, large = scan["runs"]
+    assert large["rows"] == 10 * small["rows"] or abs(large["rows"] / small["rows"] - 10) < 1
+    assert scan["bare_inplace_rows_per_s"] > 0 and scan["ratio_bare_over_predict"] > 0
+    assert all(r["client_peak_rss"] > 0 for r in scan["runs"])
 
 
 def check_growth(data: dict) -> None:
