@@ -427,3 +427,21 @@ def test_column_statistics_match_scipy_pearson_and_spearman_with_ties_and_missin
         assert st.pearson == pytest.approx(stats.pearsonr(x[ok], target[ok]).statistic, rel=1e-6)
         assert st.spearman == pytest.approx(stats.spearmanr(x[ok], target[ok]).statistic, rel=1e-6)
         assert st.missing_rate == pytest.approx(1 - ok.mean())
+
+
+# -- fold honesty: screening on all genes is the one deliberate exception -----------------------
+def test_screening_each_folds_training_genes_excludes_the_same_features_as_all_genes_on_real_fly(real_fly_3mer):
+    """The measurement docs/screening.md quotes: the exception changes no feature list, so no metric."""
+    from metadask.dataset.index import GeneIndex
+    from metadask.plan import assign_folds
+
+    dataset = open_dataset(real_fly_3mer)
+    index = build_gene_index(dataset)
+    config = TrainConfig()
+    everything = screen_features(dataset, index, config)
+    folds = assign_folds(index, config.n_folds, config.seed)
+    for fold in range(config.n_folds):
+        training = GeneIndex(index.table.loc[sorted(folds.index[folds != fold])], index.files)
+        inside = screen_features(dataset, training, config)
+        assert set(everything.sample_genes) != set(inside.sample_genes)
+        assert inside.excluded.keys() == everything.excluded.keys(), f"fold {fold}"
