@@ -48,8 +48,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metadask.dataset.index import GeneIndex, build_gene_index, check_genes
-from metadask.dataset.schema import WEIGHT_COLUMN, encode_labels
-from metadask.dataset.source import Dataset, _read_footer, gene_keys, open_dataset
+from metadask.dataset.schema import WEIGHT_COLUMN, encode_labels, gene_keys
+from metadask.dataset.source import Dataset, _read_footer, open_dataset
 from metadask.errors import DatasetError, OutputError, option_error, preview
 
 __all__ = [
