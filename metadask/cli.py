@@ -115,21 +115,22 @@ def make_dataset_cmd(out: str, n_genes: int, seed: int, kmers: tuple[int, ...], 
 @main.command()
 @click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--no-labels", is_flag=True, help="Accept a dataset without the label column (data to score).")
 @click.option("--label-column", default="splice_type", show_default=True)
 @click.option("--gene-column", default="gene_id", show_default=True)
 @click.option("--metadata-columns", default=None, help="a,b,c: extra columns never used as features.")
 @click.option("--storage-option", "storage", multiple=True, help="fsspec option key=value (repeatable).")
 @click.option("-v", "--verbose", is_flag=True)
-def inspect(dataset: str, as_json: bool, label_column: str, gene_column: str, metadata_columns: str | None,
-            storage: tuple[str, ...], verbose: bool) -> None:
-    """Summarise DATASET: genes, rows, features by family, labels, drift, memory."""
+def inspect(dataset: str, as_json: bool, no_labels: bool, label_column: str, gene_column: str,
+            metadata_columns: str | None, storage: tuple[str, ...], verbose: bool) -> None:
+    """Summarise DATASET: genes, rows, layout (full-body or sampled), features, labels, drift, memory."""
     import dask
 
     from metadask.dataset import build_gene_index, format_inspection, inspect_dataset, open_dataset
 
     setup_logging(verbose)
     ds = open_dataset(dataset, storage_options=_storage_options(storage, dataset), label_column=label_column, gene_column=gene_column,
-                      metadata_columns=_parse_list(metadata_columns))
+                      metadata_columns=_parse_list(metadata_columns), require_labels=not no_labels)
     with dask.config.set(scheduler="threads"):
         info = inspect_dataset(ds, build_gene_index(ds))
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))

@@ -92,6 +92,17 @@ def test_no_labels_writes_no_label_column_and_no_label_counts(tmp_path: pathlib.
     assert header == "gene_id,gene_name,file,n_rows"
 
 
+def test_inspect_no_labels_reads_an_unlabelled_full_body(tmp_path: pathlib.Path) -> None:
+    make_dataset(tmp_path / "nl", 2, seed=1, full_body=True, gene_length=800, labels=False)
+    runner = CliRunner()
+    refused = runner.invoke(main, ["inspect", str(tmp_path / "nl")])
+    assert refused.exit_code == 2 and "No label column 'splice_type'" in refused.output
+    info = json.loads(runner.invoke(main, ["inspect", str(tmp_path / "nl"), "--no-labels", "--json"]).output)
+    assert info["layout"] == "full-body" and info["labels"] is None and info["rows"] > 1000
+    text = runner.invoke(main, ["inspect", str(tmp_path / "nl"), "--no-labels"]).output
+    assert "Labels:           none (no 'splice_type' column" in text
+
+
 def test_make_dataset_rejects_a_gene_length_out_of_range(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match="'gene_length' option"):
         make_dataset(tmp_path / "x", 2, full_body=True, gene_length=10)

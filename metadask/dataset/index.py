@@ -23,6 +23,7 @@ from metadask.dataset.schema import LABELS, encode_labels
 from metadask.dataset.source import Dataset, gene_keys
 from metadask.dataset.validate import SUMMARY_COLUMNS, check_across_files, check_file, row_check_columns
 from metadask.errors import DatasetError, preview
+from metadask.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,25 @@ _COUNT_COLUMNS = [f"n_{name}" for name in LABELS]
 def _index_file(dataset: Dataset, file_id: int) -> pd.DataFrame:
     file = dataset.files[file_id]
     checked = row_check_columns(dataset)
-    df = dataset.read_file(file, [dataset.gene_column, dataset.label_column, *checked])
+    labelled = dataset.schema.has_labels  # unlabelled data (to score): label counts stay 0
+    df = dataset.read_file(file, [dataset.gene_column, *([dataset.label_column] if labelled else []), *checked])
     genes = df[dataset.gene_column]
     if genes.isna().any():
         raise DatasetError(
             f"Gene column '{dataset.gene_column}' has {int(genes.isna().sum())} null values in "
             f"'{file}'. Every row needs a gene id."
         )
-    try:
-        codes = encode_labels(df[dataset.label_column], dataset.label_column)
-    except DatasetError as exc:
-        raise DatasetError(f"{exc} (in '{file}')") from None
     onehot = np.zeros((len(df), 3), dtype=np.int64)
-    onehot[np.arange(len(df)), codes] = 1
+    if labelled:
+        try:
+            codes = encode_labels(df[dataset.label_column], dataset.label_column)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc} (in '{file}')") from None
+        onehot[np.arange(len(df)), codes] = 1
     counts = pd.DataFrame(onehot, columns=_COUNT_COLUMNS)
+    counts["n_rows"] = 1
     counts["gene"] = keys = gene_keys(genes)
     out = counts.groupby("gene", sort=True).sum()
-    out["n_rows"] = out[_COUNT_COLUMNS].sum(axis=1)
     out["file_id"] = file_id
     # duplicated rows, genes disagreeing on strand / chrom, bad base scores (same read)
     out = out.join(check_file(df[checked], keys, file, dataset.schema.base_score_columns))
@@ -63,7 +66,8 @@ class GeneIndex:
     ``table`` is indexed by gene id (sorted) with columns ``n_rows``, ``n_neither``,
     ``n_donor``, ``n_acceptor``, ``files`` (a tuple of file positions in the dataset) and,
     when the dataset has a ``position`` column, ``pos_min`` / ``pos_max`` (the gene's
-    position range, from which :attr:`contiguous` and :attr:`layout` follow).
+    position range, from which :attr:`contiguous` and :attr:`layout` follow). The label
+    counts are 0 for an unlabelled dataset (``dataset.schema.has_labels`` false).
     """
 
     table: pd.DataFrame
@@ -124,19 +128,8 @@ class GeneIndex:
         table = pa.Table.from_pandas(t, preserve_index=False)
         meta = {"metadask_index": json.dumps({"format": INDEX_FORMAT, "files": list(self.files), "fingerprint": fingerprint})}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # the cache usually lives in a run's not-yet-created cache/ folder
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:  # disk full, permissions: a clear error, no half-written cache
-            from metadask.io import output_error
-
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise output_error(path, exc) from None
+        # the cache usually lives in a run's not-yet-created cache/ folder (atomic_write creates it)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: Sequence | None = None) -> GeneIndex | None:

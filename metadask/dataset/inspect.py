@@ -12,8 +12,8 @@ from metadask.dataset.source import Dataset
 def inspect_dataset(dataset: Dataset, index: GeneIndex) -> dict[str, Any]:
     """Genes, rows, files, feature families, label mix, drift and in-memory matrix size."""
     s = dataset.schema
-    labels = index.label_counts()
-    total = max(1, sum(labels.values()))
+    labels = index.label_counts() if s.has_labels else None
+    total = max(1, sum(labels.values())) if labels else 1
     spanning = int((index.table["files"].map(len) > 1).sum())
     size = matrix_bytes(index, len(s.feature_columns))
     contiguous = index.contiguous
@@ -34,7 +34,7 @@ def inspect_dataset(dataset: Dataset, index: GeneIndex) -> dict[str, Any]:
         "label_encoding": s.label_encoding,
         "gene_column": s.gene_column,
         "labels": labels,
-        "label_fractions": {k: round(v / total, 4) for k, v in labels.items()},
+        "label_fractions": None if labels is None else {k: round(v / total, 4) for k, v in labels.items()},
         "features": len(s.feature_columns),
         "feature_families": s.family_counts(),
         "metadata_columns": list(s.metadata_columns),
@@ -51,7 +51,12 @@ def inspect_dataset(dataset: Dataset, index: GeneIndex) -> dict[str, Any]:
 def format_inspection(info: dict[str, Any]) -> str:
     """The inspection as aligned text lines."""
     fam = ", ".join(f"{k} {v}" for k, v in info["feature_families"].items())
-    labels = ", ".join(f"{k} {v:,} ({info['label_fractions'][k]:.1%})" for k, v in info["labels"].items())
+    labels = (
+        f"none (no '{info['label_column']}' column: data to score)"
+        if info["labels"] is None
+        else ", ".join(f"{k} {v:,} ({info['label_fractions'][k]:.1%})" for k, v in info["labels"].items())
+        + f"  [column '{info['label_column']}', {info['label_encoding']}]"
+    )
     drift = info["schema_drift"]
     drift_line = (
         "none"
@@ -69,7 +74,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"Genes:            {info['genes']:,} ({info['genes_spanning_files']} span several files)",
         f"Layout:           {layout}",
         f"Rows:             {info['rows']:,} (per gene: min {rpg['min']}, median {rpg['median']:.0f}, max {rpg['max']})",
-        f"Labels:           {labels}  [column '{info['label_column']}', {info['label_encoding']}]",
+        f"Labels:           {labels}",
         f"Features:         {info['features']:,} ({fam})",
         f"Metadata columns: {len(info['metadata_columns'])}",
         f"Schema drift:     {drift_line}",
