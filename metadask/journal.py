@@ -4,6 +4,11 @@ Each finished fit is stored as ``journal/<key>.ubj`` (the booster) and ``journal
 (its numbers, the SHA-256 of the booster file and a digest of everything that determined the
 fit: genes, features, parameters, dataset fingerprint). An entry is reused only when the
 digest matches and the booster's checksum verifies. Files are written atomically.
+``journal/data.fingerprint`` holds the dataset fingerprint the journaled fits saw
+(:meth:`metadask.dataset.source.Dataset.fingerprint`: per file size, modification time or
+ETag, parquet footer statistics). A fit's digest covers the fingerprints of the files it
+reads, so ``--resume`` refits exactly the fits whose data changed; :meth:`Journal.check_data`
+logs which files changed and how.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise output_error(path, exc) from None
 
 
+DATA_FILE = "data.fingerprint"
+_PARTS = ("size", "modification time / ETag", "parquet footer statistics")
+
+
 class Journal:
     """Finished fits of one run, keyed by fit key."""
 
@@ -71,3 +80,31 @@ class Journal:
         atomic_write_bytes(self.root / f"{key}.ubj", out.booster)
         meta = {"spec": spec_digest, "sha256": hashlib.sha256(out.booster).hexdigest(), "fit": fields}
         atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta).encode())
+
+    def check_data(self, fingerprint: list[list[Any]]) -> list[str]:
+        """Record the dataset fingerprint; on ``--resume``, log (and return) what changed since.
+
+        ``fingerprint`` is :meth:`~metadask.dataset.source.Dataset.fingerprint`'s list. The
+        fits reading a changed file have a different digest, so they are refitted.
+        """
+        path = self.root / DATA_FILE
+        changes: list[str] = []
+        if self.reuse and path.is_file():
+            try:
+                before = {row[0]: row[1:] for row in json.loads(path.read_text())}
+            except (OSError, ValueError, TypeError, IndexError):
+                before = {}
+            now = {row[0]: row[1:] for row in fingerprint}
+            for file, values in now.items():
+                old = before.get(file)
+                if old is None:
+                    changes.append(f"{file}: new file")
+                elif list(old) != list(values):
+                    what = [name for name, a, b in zip(_PARTS, old, values) if a != b]
+                    changes.append(f"{file}: {', '.join(what)} changed")
+            changes += [f"{file}: removed" for file in before if file not in now]
+            if changes:
+                log.warning("--resume: the dataset changed since the journaled fits; every fit that reads a changed "
+                            "file is refitted: %s", "; ".join(changes))
+        atomic_write_bytes(path, json.dumps(fingerprint).encode())
+        return changes

@@ -76,6 +76,29 @@ def _read_footer(fs: Any, file: str) -> tuple[str, pa.Schema, int]:
         ) from exc
 
 
+def _footer_digest(fs: Any, file: str) -> str:
+    """Digest of a parquet footer's row groups: rows, and per column chunk sizes and statistics."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with fs.open(_strip(fs, file), "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as exc:
+        raise DatasetError(f"'{file}' is not a readable parquet file ({str(exc).splitlines()[0]}). Remove or regenerate it.") from exc
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        h.update(f"rg{g}:{rg.num_rows};".encode())
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            st = col.statistics
+            stats = ""
+            if st is not None:
+                stats = f"{st.null_count}|" + (f"{st.min!r}|{st.max!r}" if st.has_min_max else "")
+            h.update(f"{col.path_in_schema}:{col.total_compressed_size}:{col.total_uncompressed_size}:{stats};".encode())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A lazily opened gene-grouped parquet dataset. Cheap to pickle and ship to workers."""
@@ -105,13 +128,26 @@ class Dataset:
         return self.schema.label_column
 
     def fingerprint(self) -> list[list[Any]]:
-        """(file, size, modification marker) per file: changes when any file changes."""
-        out = []
-        for f in self.files:
+        """``[file, size, modification marker, footer statistics digest]`` per file.
+
+        The marker is the modification time and, on object stores, the ETag (a content hash
+        for single-part uploads). The footer digest covers each row group's row count and,
+        per column chunk, its compressed and uncompressed sizes and min / max / null-count
+        statistics, so values rewritten in place change the fingerprint even when the size
+        and the modification time were kept (``cp -p``, ``touch -r``). One footer read per
+        file (a few ranged reads on object stores, a few threads at once).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(f: str) -> list[Any]:
             info = self.fs.info(_strip(self.fs, f))
-            marker = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
-            out.append([f, int(info.get("size") or 0), str(marker)])
-        return out
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+            etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+            marker = f"{mtime}" + (f" etag {etag}" if etag else "")
+            return [f, int(info.get("size") or 0), marker, _footer_digest(self.fs, f)]
+
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(self.files)))) as pool:
+            return list(pool.map(one, self.files))
 
     # -- reading -----------------------------------------------------------------------
     def _gene_filter(self, genes: Iterable[str]) -> pc.Expression:

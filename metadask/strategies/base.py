@@ -46,14 +46,32 @@ class TrainContext:
     cluster: ClusterSpec
     journal: Journal | None = None
     plan: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: dict[str, list[Any]] | None = field(default=None, init=False, repr=False)
 
     def gene_set(self, genes: Sequence[str]) -> GeneSet:
         genes = tuple(sorted(genes))
         return GeneSet(genes, tuple(self.index.files_for(genes)) if genes else ())
 
+    def data_fingerprint(self) -> dict[str, list[Any]]:
+        """file -> [size, modification marker, footer statistics digest], read once per run.
+
+        The first call also checks it against the journal's (``--resume`` logs which files
+        changed since the journaled fits, and why).
+        """
+        if self._fingerprint is None:
+            rows = self.dataset.fingerprint()
+            if self.journal is not None:
+                self.journal.check_data(rows)
+            self._fingerprint = {row[0]: row[1:] for row in rows}
+        return self._fingerprint
+
     def spec_digest(self, spec: FitSpec, extra: Any = None) -> str:
+        """Digest of everything that determines a fit, including the fingerprints of the files it reads."""
+        fp = self.data_fingerprint()
+        eval_files = self.index.files_for(spec.eval_genes) if spec.eval_genes else ()
+        files = sorted({*spec.fit.files, *(spec.valid.files if spec.valid else ()), *eval_files})
         return digest({"spec": spec.describe(), "features": self.features, "data": self.dataset.url,
-                       "rows": self.index.n_rows, "extra": extra})
+                       "rows": self.index.n_rows, "extra": extra, "files": {f: fp.get(f) for f in files}})
 
     def submit_fit(self, spec: FitSpec, cv: Sequence[Any] | None = None, *, priority: int = 0) -> Any:
         """A future (or a journaled result) for one fit. ``cv``: futures of CV fits to size it."""
