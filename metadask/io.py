@@ -1,10 +1,16 @@
-"""Atomic artifact writes: every file goes to a temporary name, then is renamed into place."""
+"""Atomic artifact writes: every file goes to a temporary name, then is renamed into place.
+
+The one mechanism for every file metadask writes (artifacts, journal entries, the gene index
+cache, screening lists) and, with :func:`atomic_write_dir`, for directories (model bundles).
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,21 +30,73 @@ def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
     return OutputError(f"Cannot write '{path}': {exc.strerror or exc}. Check --out-dir.")
 
 
-_fail = output_error
+def _temporary(path: Path, kind: str = "tmp") -> Path:
+    # beside the target (same filesystem, so the rename is atomic), hidden, unique per process
+    # and call (threads of one process may write the same target)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync(path: Path) -> None:
+    # the data reaches the disk before the rename publishes it (a crash leaves the old file)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename the temporary file to ``path``."""
+    """Call ``writer(tmp_path)``, flush it to disk, then rename the temporary file to ``path``.
+
+    On any failure the temporary file is removed and ``path`` keeps its previous content; an
+    ``OSError`` becomes one :class:`OutputError` that names ``path`` and the fix.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer(str(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
-        raise _fail(path, exc) from None
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_dir(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_dir)`` on a new empty directory, then put it in place of ``path``.
+
+    The directory variant of :func:`atomic_write`: an existing ``path`` is replaced only once
+    the new directory is complete (it is moved aside, the new one renamed in, the old one
+    removed); on failure the temporary directory is removed and ``path`` stays as it was.
+    """
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        writer(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(path, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = _temporary(path, "old")
+    if path.exists():
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        if old.exists():
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(path, exc) from None
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -63,11 +121,7 @@ def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    def w(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    return atomic_write(path, w)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _json_default(o: Any) -> Any:

@@ -4,6 +4,7 @@ Each finished fit is stored as ``journal/<key>.ubj`` (the booster) and ``journal
 (its numbers, the SHA-256 of the booster file and a digest of everything that determined the
 fit: genes, features, parameters, dataset fingerprint). An entry is reused only when the
 digest matches and the booster's checksum verifies. Files are written atomically.
+
 ``journal/data.fingerprint`` holds the dataset fingerprint the journaled fits saw
 (:meth:`metadask.dataset.source.Dataset.fingerprint`: per file size, modification time or
 ETag, parquet footer statistics). A fit's digest covers the fingerprints of the files it
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from metadask.io import output_error
+from metadask.io import write_bytes
 from metadask.models.boosted import FitOutput
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,6 @@ log = logging.getLogger(__name__)
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full, permissions: one clear error, no half-written file left
-        tmp.unlink(missing_ok=True)
-        raise output_error(path, exc) from None
 
 
 DATA_FILE = "data.fingerprint"
@@ -77,9 +65,9 @@ class Journal:
 
     def put(self, key: str, spec_digest: str, out: FitOutput) -> None:
         fields = {k: v for k, v in asdict(out).items() if k != "booster"}
-        atomic_write_bytes(self.root / f"{key}.ubj", out.booster)
+        write_bytes(self.root / f"{key}.ubj", out.booster)
         meta = {"spec": spec_digest, "sha256": hashlib.sha256(out.booster).hexdigest(), "fit": fields}
-        atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta).encode())
+        write_bytes(self.root / f"{key}.json", json.dumps(meta).encode())
 
     def check_data(self, fingerprint: list[list[Any]]) -> list[str]:
         """Record the dataset fingerprint; on ``--resume``, log (and return) what changed since.
@@ -106,5 +94,5 @@ class Journal:
             if changes:
                 log.warning("--resume: the dataset changed since the journaled fits; every fit that reads a changed "
                             "file is refitted: %s", "; ".join(changes))
-        atomic_write_bytes(path, json.dumps(fingerprint).encode())
+        write_bytes(path, json.dumps(fingerprint).encode())
         return changes

@@ -20,13 +20,12 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from metadask.dataset.schema import LABELS
 from metadask.errors import ModelError
-from metadask.io import output_error
+from metadask.io import atomic_write_dir
 from metadask.models.base import MetaModel
 from metadask.models.calibration import Calibrator
 from metadask.models.thresholds import DEFAULT_THRESHOLDS, check_thresholds
@@ -95,25 +94,16 @@ def save_model(model: MetaModel, path: str | os.PathLike, *, strategy: str, extr
         "files": {name: _sha256(data) for name, data in sorted(files.items())},
     }
     manifest["manifest_sha256"] = _manifest_digest(manifest)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    def write(tmp: Path) -> None:
         for name, data in files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-    except OSError as exc:  # disk full, permissions: the previous bundle stays as it was
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise output_error(path, exc) from None
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
+
+    # disk full, permissions: one clear error and the previous bundle stays as it was
+    return atomic_write_dir(path, write)
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:

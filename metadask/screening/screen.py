@@ -30,6 +30,7 @@ from metadask.dataset.sample import representative_genes
 from metadask.dataset.schema import LEAKY_METADATA, encode_labels
 from metadask.dataset.source import Dataset
 from metadask.errors import ConfigError, DatasetError, option_error, preview
+from metadask.io import write_text
 from metadask.screening.rules import (
     ANNOTATION_ARTIFACTS,
     DEFAULT_REASON,
@@ -117,17 +118,8 @@ class ScreeningResult:
             lines.append("# settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
         lines.append(f"# {len(self.features)} features used, {len(self.excluded)} excluded")
         lines += [f"{name}\t{reason}" for name, reason in self.excluded.items()]
-        _atomic_write(out / EXCLUDED_FILE, "\n".join(lines) + "\n")
-        _atomic_write(out / TABLE_FILE, self.screening_table().to_csv(index=False, float_format="%.6g"))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_text(out / EXCLUDED_FILE, "\n".join(lines) + "\n")
+        write_text(out / TABLE_FILE, self.screening_table().to_csv(index=False, float_format="%.6g"))
 
 
 # -- user lists -------------------------------------------------------------------------

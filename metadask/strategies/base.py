@@ -73,13 +73,21 @@ class TrainContext:
         return digest({"spec": spec.describe(), "features": self.features, "data": self.dataset.url,
                        "rows": self.index.n_rows, "extra": extra, "files": {f: fp.get(f) for f in files}})
 
+    def journaled(self, spec: FitSpec, key_digest: str) -> FitOutput | None:
+        """The finished fit the journal holds for ``spec`` with this digest (``--resume``), or None."""
+        return self.journal.get(spec.key, key_digest) if self.journal is not None else None
+
+    def record(self, spec: FitSpec, key_digest: str, out: FitOutput) -> None:
+        """Journal a finished fit so that ``--resume`` can reuse it."""
+        if self.journal is not None:
+            self.journal.put(spec.key, key_digest, out)
+
     def submit_fit(self, spec: FitSpec, cv: Sequence[Any] | None = None, *, priority: int = 0) -> Any:
         """A future (or a journaled result) for one fit. ``cv``: futures of CV fits to size it."""
         key_digest = self.spec_digest(spec, extra=None if cv is None else "final")
-        if self.journal is not None:
-            done = self.journal.get(spec.key, key_digest)
-            if done is not None:
-                return done
+        done = self.journaled(spec, key_digest)
+        if done is not None:
+            return done
         return self.client.submit(
             run_fit, self.dataset, self.features, spec, cv,
             key=f"metadask-fit-{spec.key}-{key_digest[:12]}", priority=priority, pure=False, retries=2,
@@ -95,7 +103,7 @@ class TrainContext:
         import operator
 
         digests = [self.spec_digest(s) for s in specs]
-        done = [self.journal.get(s.key, d) if self.journal is not None else None for s, d in zip(specs, digests)]
+        done = [self.journaled(s, d) for s, d in zip(specs, digests)]
         todo = [i for i, o in enumerate(done) if o is None]
         if len(todo) < 2:
             return [o if o is not None else self.submit_fit(s, priority=priority) for s, o in zip(specs, done)]
@@ -128,8 +136,7 @@ class TrainContext:
             out = fut.result()
             spec = items[key][0]
             results[key] = out
-            if self.journal is not None:
-                self.journal.put(key, self.spec_digest(spec, extra="final" if spec.scope == "final" else None), out)
+            self.record(spec, self.spec_digest(spec, extra="final" if spec.scope == "final" else None), out)
             if on_done:
                 on_done(key, out)
             log.info(

@@ -15,9 +15,10 @@ Failure behaviour: ``xgboost.dask`` cannot continue when a worker taking part in
 away (its rows and its place in the collective are gone). Each fit runs under a watchdog
 that checks the scheduler's workers, and under XGBoost's collective timeout, so that a lost
 or frozen worker ends the run within a bounded time with a :class:`TrainingError` instead
-of hanging. Settings (``dask.config``): ``metadask.distributed.collective-timeout``
-(seconds, default 300), ``metadask.distributed.fit-timeout`` (seconds per fit, default no
-limit), ``metadask.distributed.worker-wait`` (seconds to wait for workers, default 60).
+of hanging. Settings (``dask.config``, defaults in ``metadask.yaml``, ``--set distributed.KEY=VALUE``):
+``metadask.distributed.collective-timeout`` (seconds, default 300), ``metadask.distributed.fit-timeout``
+(seconds per fit, default no limit), ``metadask.distributed.worker-wait`` (seconds to wait for workers,
+default 60).
 
 Determinism: for a fixed cluster layout the result is reproducible, but not bitwise across
 worker counts: XGBoost's quantile sketch and histogram sums depend on how partitions land on
@@ -34,12 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 
 from metadask.cluster import workers_info
+from metadask.config import setting as config_setting
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
 from metadask.errors import ClusterError, TrainingError
@@ -47,19 +48,16 @@ from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
 from metadask.results import FoldModels, TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame, fold_booster_model
-from metadask.strategies.tasks import FitSpec, GeneSet, gene_partitions, read_rows, run_predict
+from metadask.strategies.tasks import FitSpec, GeneSet, final_rounds, gene_partitions, read_rows, run_predict
 
 log = logging.getLogger("metadask")
 
 T = TypeVar("T")
 
-_DEFAULTS = {"collective-timeout": 300, "fit-timeout": None, "worker-wait": 60, "poll-interval": 0.5,
-             "loss-grace": 5.0}
-
 
 def setting(key: str) -> Any:
-    """A ``metadask.distributed.<key>`` value from dask.config (defaults in this module)."""
-    return dask.config.get(f"metadask.distributed.{key}", _DEFAULTS[key])
+    """A ``metadask.distributed.<key>`` value from dask.config (defaults in metadask.yaml)."""
+    return config_setting(f"distributed.{key}")
 
 
 # -- gene-aligned Dask arrays (also used by the incremental strategy) -------------------
@@ -332,7 +330,7 @@ class DistributedStrategy(Strategy):
             rounds = cfg.n_estimators
             if esr > 0:
                 cv = [outputs[s.key].n_trees for s in specs if s.cls == k]
-                rounds = max(1, int(round(float(np.mean(cv)))))
+                rounds = final_rounds(cv)
             final_specs.append(FitSpec(key=f"final-{c}", scope="final", cls=k, fit=ctx.gene_set(ctx.index.genes),
                                        valid=None, eval_genes=(), n_estimators=rounds, early_stopping_rounds=0,
                                        params=params))
@@ -363,11 +361,10 @@ class DistributedStrategy(Strategy):
     def _run_fits(self, ctx: TrainContext, specs: list[FitSpec], outputs: dict[str, FitOutput], *,
                   fit_genes: Sequence[str], valid_genes: Sequence[str], eval_genes: Sequence[str], what: str) -> None:
         """Fit ``specs`` (the three classes of one gene split) on data persisted once for all three."""
-        journal = ctx.journal
         digests = {s.key: ctx.spec_digest(s, extra={"strategy": self.name}) for s in specs}
         todo = []
         for s in specs:
-            done = journal.get(s.key, digests[s.key]) if journal is not None else None
+            done = ctx.journaled(s, digests[s.key])
             if done is not None:
                 outputs[s.key] = done
                 log.info("%s %s: reused from the journal (%d trees)", what, s.key, done.n_trees)
@@ -396,8 +393,7 @@ class DistributedStrategy(Strategy):
                     client, pair(train, s.cls), s.params, s.n_estimators, valid=pair(valid, s.cls),
                     train_eval=pair(held_in, s.cls), early_stopping_rounds=s.early_stopping_rounds))
                 outputs[s.key] = out
-                if journal is not None:
-                    journal.put(s.key, digests[s.key], out)
+                ctx.record(s, digests[s.key], out)
                 log.info("%s %s (%s): %d trees, %s rows, %.1f s", what, s.key, LABELS[s.cls], out.n_trees,
                          f"{out.rows:,}", out.seconds)
         finally:

@@ -27,7 +27,8 @@ of ``partial_fit`` tasks, so idle workers read blocks far ahead of the chain: wi
 on 2 workers, 20 were held in memory at once. Reading each partition inside its
 ``partial_fit`` task bounds memory by one partition per task, as the architecture requires.
 
-Settings (``dask.config`` ``metadask.incremental.<key>``, defaults in this module): ``epochs``
+Settings (``dask.config`` ``metadask.incremental.<key>``, defaults in ``metadask.yaml``, set with
+``--set incremental.KEY=VALUE``): ``epochs``
 (10), ``alpha`` (1e-4, L2 penalty), ``learning-rate`` ("constant") and ``eta0`` (0.01),
 ``partition-rows`` (200,000). A constant step of 0.01 on standardised features converged far
 better than scikit-learn's default "optimal" schedule, whose large early steps
@@ -46,10 +47,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 
+from metadask.config import setting as config_setting
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
 from metadask.errors import option_error
@@ -57,17 +58,18 @@ from metadask.models.boosted import FitOutput
 from metadask.models.linear import LinearModel, standardise
 from metadask.results import TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
-from metadask.strategies.tasks import FitSpec, GeneSet, gene_partitions, margins_frame, read_rows, worker_threads
+from metadask.strategies.tasks import (
+    FitSpec, GeneSet, final_rounds, gene_partitions, margins_frame, read_rows, worker_threads,
+)
 
 log = logging.getLogger("metadask")
 
-_DEFAULTS = {"epochs": 10, "alpha": 1e-4, "partition-rows": 200_000, "learning-rate": "constant", "eta0": 0.01}
 _CLASSES = np.arange(len(LABELS))
 
 
 def setting(key: str) -> Any:
-    """A ``metadask.incremental.<key>`` value from dask.config (defaults in this module)."""
-    return dask.config.get(f"metadask.incremental.{key}", _DEFAULTS[key])
+    """A ``metadask.incremental.<key>`` value from dask.config (defaults in metadask.yaml)."""
+    return config_setting(f"incremental.{key}")
 
 
 # -- streaming standardisation ----------------------------------------------------------
@@ -198,7 +200,7 @@ class IncrementalStrategy(Strategy):
         max_rows = int(setting("partition-rows"))
         if epochs < 1:
             raise option_error("metadask.incremental.epochs", "must be >= 1", epochs,
-                               "Set it with dask.config or DASK_METADASK__INCREMENTAL__EPOCHS.")
+                               "Use e.g. --set incremental.epochs=10 (or DASK_METADASK__INCREMENTAL__EPOCHS).")
         log.info("Incremental SGD: %d epochs, alpha %g, partitions of <= %s rows; the boosting options "
                  "(n_estimators, learning_rate, max_depth, ...) do not apply to it", epochs,
                  float(setting("alpha")), f"{max_rows:,}")
@@ -258,7 +260,7 @@ class IncrementalStrategy(Strategy):
             fold_models[fp.fold] = LinearModel(np.array(coef), np.array(intercept), *stats[fp.fold], feats)
         coef, intercept, chosen = [], [], {}
         for k, c in enumerate(LABELS):
-            e = max(1, int(round(float(np.mean(best[k]) + 1)))) - 1
+            e = final_rounds(b + 1 for b in best[k]) - 1  # best[k]: 0-based epochs of the CV fits
             chosen[c] = e + 1
             coef.append(snaps["final"][e].sgd.coef_[k])
             intercept.append(snaps["final"][e].sgd.intercept_[k])

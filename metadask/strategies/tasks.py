@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from metadask.dataset.index import GeneIndex
 from metadask.dataset.memory import process_peak_rss
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.dataset.rows import GeneSet, gene_partitions, read_rows
@@ -64,6 +63,16 @@ def _target(codes: np.ndarray | None, cls: int) -> np.ndarray | None:
     return None if codes is None else (codes == cls).astype(np.float32)
 
 
+def final_rounds(cv_counts: Iterable[float]) -> int:
+    """Rounds of a final fit on all genes: the mean of the same class's CV fits' best counts, rounded, >= 1.
+
+    The one rule of every strategy with a final model (boosting rounds for ``single`` and
+    ``distributed``, epochs for ``incremental``): the final model has no held-out genes to
+    stop on, so it trains for as long as the CV fits found useful.
+    """
+    return max(1, int(round(float(np.mean([float(c) for c in cv_counts])))))
+
+
 def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequence[FitOutput] | None = None) -> FitOutput:
     """Fit one one-vs-rest booster for ``spec`` on this worker.
 
@@ -75,7 +84,7 @@ def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequen
     target = _target(y, spec.cls)
     n_estimators, esr = spec.n_estimators, spec.early_stopping_rounds
     if cv:
-        n_estimators = max(1, int(round(float(np.mean([o.n_trees for o in cv])))))
+        n_estimators = final_rounds(o.n_trees for o in cv)
         esr = 0
     out = fit_binary(
         x, target, spec.params, n_estimators,
