@@ -38,6 +38,20 @@ def _storage_options(values: tuple[str, ...], url: str = "") -> dict[str, Any]:
     return out
 
 
+def _sampling_rules(values: tuple[str, ...]) -> dict[str, float | int]:
+    """``RULE=VALUE`` pairs as sampling rules (numbers; validated by the rules themselves)."""
+    out: dict[str, float | int] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = int(value) if key.strip() == "near_window" else float(value)
+        except ValueError:
+            raise ConfigError(f"--sampling expects RULE=NUMBER (found {item!r}). Use e.g. --sampling easy_rate=0.02.") from None
+    return out
+
+
 def _parse_list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
@@ -167,6 +181,10 @@ def _cluster_options(f):
               help="Full-body dataset (every position of its genes): evaluated out of fold; the decision threshold is chosen there.")
 @click.option("--weight-column", default=None,
               help="Per-row inverse inclusion probability (metadata) [default: sample_weight when present].")
+@click.option("--full-body-sampling/--no-full-body-sampling", default=True, show_default=True,
+              help="A full-body training dataset is sampled by the library (weights = 1 / inclusion probability).")
+@click.option("--sampling", "sampling", multiple=True, metavar="RULE=VALUE",
+              help="Sampling rule for full-body training data (repeatable): hard_threshold, near_window, near_rate, easy_rate.")
 @click.option("--n-folds", type=int, default=5, show_default=True)
 @click.option("--n-estimators", type=int, default=800, show_default=True)
 @click.option("--learning-rate", type=float, default=0.1, show_default=True)
@@ -215,6 +233,7 @@ def train(**kw: Any) -> None:
     for k in CONNECT_OPTIONS:
         kw.pop(k, None)
     kw["storage_options"] = _storage_options(kw.pop("storage"), kw["dataset"])
+    kw["sampling"] = _sampling_rules(kw.pop("sampling"))
     kw["calibrate_per_class"] = kw.pop("calibrate_per_class")
     kw["analysis"] = not kw.pop("no_analysis")
     kw["exclude_features"] = kw.pop("exclude_features") or ()  # FILE or a,b,c: resolved by screening

@@ -43,6 +43,9 @@ class TrainConfig:
     weight_column: str | None = None
     # full-body evaluation: every position of each gene of this dataset, scored out of fold
     eval_dataset: str | None = None
+    # a full-body training dataset is sampled by the library (rules: metadask.dataset.sampling)
+    full_body_sampling: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)
     # model
     n_folds: int = 5
     n_estimators: int = 800

@@ -184,6 +184,11 @@ def train(
                  "/".join(map(str, sorted(set(spec.threads)))), format_bytes(spec.min_memory))
         t = time.perf_counter()
         index = build_gene_index(ds, cache=out / "cache" / "gene_index.parquet")
+        full: tuple[Dataset, Any] | None = None
+        if index.is_full_body and config.full_body_sampling:
+            full = (ds, index)
+            ds = sample_full_body(ds, index, config, c, out)
+            index = build_gene_index(ds, cache=out / "cache" / "sampled_gene_index.parquet")
         timings["gene_index"] = time.perf_counter() - t
         log.info("Dataset %s: %d genes, %s rows, %d files, %d candidate features", ds.url, index.n_genes,
                  f"{index.n_rows:,}", len(ds.files), len(ds.schema.feature_columns))
@@ -232,7 +237,7 @@ def train(
         result.timings = timings
 
         t = time.perf_counter()
-        artifacts = full_body_evaluation(result, ds, index, eval_ds, config, c, out)
+        artifacts = full_body_evaluation(result, full or (ds, index), eval_ds, config, c, out)
         timings["full_body_evaluation"] = time.perf_counter() - t
         t = time.perf_counter()
         artifacts += _write_core_artifacts(out, result, ds, config)
@@ -258,8 +263,49 @@ def train(
     return result
 
 
-def full_body_evaluation(result: TrainingResult, ds: Dataset, index, eval_ds: Dataset | None, config: TrainConfig,
-                         client, out: Path) -> list[str]:
+def sample_full_body(ds: Dataset, index, config: TrainConfig, client, out: Path) -> Dataset:
+    """Sample a full-body training dataset on the workers (``out/sampled``); open the sample.
+
+    Every site, every negative with a base score >= the hard threshold, a fraction of the
+    negatives near sites and of the rest (:class:`~metadask.dataset.sampling.SamplingRules`,
+    overridable with ``--sampling KEY=VALUE``), each kept row weighted by 1 / its inclusion
+    probability. ``--resume`` reuses a finished sample made with the same rules and seed.
+    """
+    import json
+
+    from metadask.dataset.sampling import SamplingRules, write_sampled_dataset
+
+    rules = sampling_rules(config)
+    target = out / "sampled"
+    info_file = target / "sampling.json"
+    if config.resume and info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info.get("rules") == rules.to_dict() and info.get("seed") == config.seed and info.get("source") == ds.url:
+            log.info("--resume: reusing the sample of the full bodies in %s", target)
+            return open_dataset(target, storage_options={}, label_column=config.label_column,
+                                gene_column=config.gene_column, metadata_columns=config.metadata_columns)
+    log.info("Dataset %s is full-body (%s positions of %d genes): sampling negatives on the workers (%s; seed %d), "
+             "weights = 1 / inclusion probability", ds.url, f"{index.n_rows:,}", index.n_genes,
+             ", ".join(f"{k}={v}" for k, v in rules.to_dict().items() if k != "score_columns"), config.seed)
+    write_sampled_dataset(ds, target, rules, config.seed, client=client, index=index, overwrite=True)
+    return open_dataset(target, storage_options={}, label_column=config.label_column, gene_column=config.gene_column,
+                        metadata_columns=config.metadata_columns)
+
+
+def sampling_rules(config: TrainConfig):
+    """The :class:`~metadask.dataset.sampling.SamplingRules` of ``config.sampling`` (validated)."""
+    from metadask.dataset.sampling import SamplingRules
+    from metadask.errors import option_error
+
+    known = {"hard_threshold", "near_window", "near_rate", "easy_rate"}
+    unknown = sorted(set(config.sampling) - known)
+    if unknown:
+        raise option_error("sampling", f"has no rule '{unknown[0]}'", unknown[0], f"Known rules: {', '.join(sorted(known))}.")
+    return SamplingRules(**dict(config.sampling)).validate()
+
+
+def full_body_evaluation(result: TrainingResult, full: tuple[Dataset, Any], eval_ds: Dataset | None,
+                         config: TrainConfig, client, out: Path) -> list[str]:
     """Evaluate on every position and choose the decision threshold there; set it on the model.
 
     Where the scores come from, in order: ``--eval-dataset`` (every position of its genes,
@@ -270,7 +316,8 @@ def full_body_evaluation(result: TrainingResult, ds: Dataset, index, eval_ds: Da
     """
     from metadask.analysis import full_body as fb
 
-    if eval_ds is None and getattr(index, "is_full_body", False):
+    ds, index = full
+    if eval_ds is None and index.is_full_body:
         eval_ds, eval_index = ds, index
     elif eval_ds is not None:
         eval_index = build_gene_index(eval_ds, cache=out / "cache" / "eval_gene_index.parquet")
