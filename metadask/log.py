@@ -16,5 +16,10 @@ def setup_logging(verbose: bool = False) -> None:
         handler._metadask = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
-    for noisy in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
+    # distributed's own logging config keeps bokeh at ERROR and tornado at CRITICAL; lowering them
+    # to WARNING printed bokeh's "Host wildcard '*'" warning (the dashboard's default websocket
+    # origins) at every LocalCluster start. Only --verbose shows their lines.
+    if verbose:
+        for noisy in ("bokeh", "tornado"):
+            logging.getLogger(noisy).setLevel(logging.INFO)
