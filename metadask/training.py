@@ -166,6 +166,7 @@ def train(
         parse_exclude_option(config.exclude_features)  # a missing exclusion file fails before any work
     if config.strategy != "auto":
         get_strategy(config.strategy)  # an unknown name fails (listing the known ones) before any work
+    sampling_rules(config)  # bad --sampling rules fail before any work
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     ds = open_dataset(dataset, storage_options=config.storage_options, label_column=config.label_column,

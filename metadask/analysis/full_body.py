@@ -66,7 +66,7 @@ def bin_of(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-300, 1.0)
     with np.errstate(divide="ignore"):
         z = np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-16))
-    idx = np.floor((z + LOGIT_RANGE) * BINS_PER_UNIT)
+    idx = np.floor(z * BINS_PER_UNIT) + HALF  # z scaled first: a score just below 0.5 stays below the 0.5 edge
     return np.clip(idx, 0, N_BINS - 1).astype(np.int64)
 
 
