@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import metadask
+from metadask.cluster import wait_for_workers
 from metadask.config import TrainConfig
 from metadask.dataset.index import build_gene_index
 from metadask.dataset.source import open_dataset
@@ -21,7 +22,7 @@ from metadask.dataset.synthetic import LEAKY_COLUMNS
 from metadask.errors import ClusterError, TrainingError
 from metadask.plan import assign_folds, plan_folds
 from metadask.strategies.base import TrainContext
-from metadask.strategies.distributed import DistributedStrategy, gene_partitions, guarded, wait_for_workers
+from metadask.strategies.distributed import DistributedStrategy, gene_partitions, guarded
 
 
 def make_context(client, path, **options) -> TrainContext:
@@ -118,8 +119,8 @@ def test_gene_partitions_keep_genes_whole_and_respect_the_row_cap(tiny_dataset):
 
 
 def test_waiting_for_more_workers_than_the_cluster_has_fails_with_a_clear_error(client):
-    with pytest.raises(ClusterError, match="needs 5 workers but only 2 joined"):
-        wait_for_workers(client, 5, timeout=1)
+    with pytest.raises(ClusterError, match=r"Only 2 of the 5 workers asked for \(the distributed strategy\) .* within 1 s"):
+        wait_for_workers(client, 5, timeout=1, asked_by="the distributed strategy")
 
 
 def test_the_watchdog_stops_waiting_after_the_fit_timeout(client):

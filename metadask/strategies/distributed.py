@@ -39,11 +39,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from metadask.cluster import workers_info
+from metadask.cluster import wait_for_workers, workers_info
 from metadask.config import setting as config_setting
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
-from metadask.errors import ClusterError, TrainingError
+from metadask.errors import TrainingError
 from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
 from metadask.results import FoldModels, TrainingResult
@@ -142,18 +142,6 @@ def place_rows(client: Any, dataset: Dataset, parts: Sequence[tuple[GeneSet, int
 
 def _workers(client: Any) -> set[str]:
     return set(workers_info(client))
-
-
-def wait_for_workers(client: Any, n: int, timeout: float) -> set[str]:
-    """Wait until ``n`` workers are connected; a :class:`ClusterError` after ``timeout`` s."""
-    try:
-        client.wait_for_workers(max(1, n), timeout=timeout)
-    except (TimeoutError, OSError) as exc:
-        raise ClusterError(
-            f"Distributed training needs {n} workers but only {len(_workers(client))} joined within {timeout:.0f} s "
-            "(metadask.distributed.worker-wait). Start the workers or point --scheduler at a running cluster."
-        ) from exc
-    return _workers(client)
 
 
 def guarded(client: Any, what: str, fn: Callable[[], T], *, timeout: float | None = None,
@@ -309,7 +297,9 @@ class DistributedStrategy(Strategy):
         cfg, client = ctx.config, ctx.client
         params = cfg.xgb_params()
         esr = int(cfg.early_stopping_rounds)
-        workers = wait_for_workers(client, ctx.cluster.n_workers, float(setting("worker-wait")))
+        workers = wait_for_workers(
+            client, max(1, ctx.cluster.n_workers), float(setting("worker-wait")), asked_by="the distributed strategy",
+            fix="Start the workers, point --scheduler at a running cluster, or raise --set distributed.worker-wait=SECONDS.")
         log.info("xgboost.dask on %d workers; XGBoost's nthread follows each worker's threads; bitwise results "
                  "depend on the worker count", len(workers))
         specs: list[FitSpec] = []
