@@ -18,7 +18,7 @@ import pandas as pd
 
 from metadask.dataset.synthetic import make_dataset
 
-__all__ = ["add_columns", "check_strategy", "gene_memoriser", "label_copy", "make_canary_dataset", "make_dataset",
+__all__ = ["add_columns", "check_canary", "check_out_of_fold_margins", "check_strategy", "gene_memoriser", "label_copy", "make_canary_dataset", "make_dataset",
            "real_data_path", "run_files"]
 
 
@@ -175,6 +175,9 @@ def check_strategy(
       agrees with the out-of-fold frame, and ensemble batches (``result.details["batches"]``)
       are disjoint and cover every gene;
     * **out-of-fold predictions**: one per dataset row, probabilities summing to 1;
+    * **honest out-of-fold margins** (:func:`check_out_of_fold_margins`): every row's margins,
+      recomputed from ``result.fold_models[fold]`` (the model that never saw the fold's
+      genes) on the rows read afresh from the dataset, equal what the strategy reported;
     * **the artifact set**: the same files as a ``single`` run with the same options
       (``reference``: the output directory of such a run; trained here when omitted);
     * **the model interface**: ``load_model(out/"model")`` predicts what ``result.model`` does,
@@ -258,6 +261,8 @@ def check_strategy(
         if set(seen) != set(by_oof.index):
             raise _fail(name, f"ensemble batches cover {len(seen)} genes, the dataset has {len(by_oof)}")
 
+    check_out_of_fold_margins(first, ds, name=name)
+
     # determinism
     a, b = (o[list(PROB_COLUMNS)].to_numpy() for o in oofs)
     if a.shape != b.shape or not np.array_equal(a, b):
@@ -312,3 +317,106 @@ def check_strategy(
     if not np.array_equal(classes_dask, classes):
         raise _fail(name, "predict on a Dask dataframe differs from pandas input")
     return first
+
+
+def check_out_of_fold_margins(result: Any, dataset: Any, *, name: str | None = None,
+                              rtol: float = 1e-4, atol: float = 1e-4) -> float:
+    """Recompute every out-of-fold row's margins from its fold's model; raise AssertionError if they differ.
+
+    For each CV fold of ``result.oof``, the rows of the fold's genes are read afresh from
+    ``dataset`` and scored by ``result.fold_models[fold]`` (the uncalibrated model, or the
+    ensemble of members, that never saw those genes); the margins must match the
+    ``margin_*`` columns the strategy reported, row for row (matched on gene and position).
+    A strategy that scored a row with any other model (the final one, a member that saw the
+    gene) fails. Returns the largest absolute difference.
+    """
+    from metadask.dataset.schema import LABELS
+    from metadask.dataset.source import open_dataset
+
+    name = name or str(result.strategy)
+    ds = dataset if hasattr(dataset, "read_genes") else open_dataset(dataset)
+    cols = [f"margin_{c}" for c in LABELS]
+    oof = result.oof
+    missing = [c for c in ("gene", "position", "fold", *cols) if c not in oof]
+    if missing:
+        raise _fail(name, f"out-of-fold predictions lack columns {missing}")
+    folds = sorted(int(f) for f in oof["fold"].unique())
+    models = result.fold_models
+    absent = [f for f in folds if f not in models]
+    if absent:
+        raise _fail(name, f"TrainingResult.fold_models has no model for folds {absent} (each fold needs the model "
+                          "that scored it, to check its out-of-fold margins)")
+    worst = 0.0
+    for fold in folds:
+        rows = oof.loc[oof["fold"] == fold, ["gene", "position", *cols]].copy()
+        rows["gene"] = rows["gene"].astype(str)
+        frame = ds.read_genes(sorted(rows["gene"].unique()))
+        model = models[fold]
+        again = pd.DataFrame(model.predict_margin(model.matrix(frame)), columns=[f"{c}_again" for c in cols])
+        again["gene"] = frame[ds.gene_column].astype(str).to_numpy()
+        again["position"] = frame["position"].to_numpy()
+        merged = rows.merge(again, on=["gene", "position"], how="left", validate="one_to_one")
+        if merged[f"{cols[0]}_again"].isna().any():
+            raise _fail(name, f"fold {fold}: out-of-fold rows not found in the dataset")
+        got, want = merged[cols].to_numpy(float), merged[[f"{c}_again" for c in cols]].to_numpy(float)
+        diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
+        worst = max(worst, diff)
+        if not np.allclose(got, want, rtol=rtol, atol=atol):
+            bad = int(np.argmax(np.abs(got - want).max(axis=1)))
+            raise _fail(name, f"fold {fold}: out-of-fold margins differ from those of the fold's model, which never saw "
+                              f"its genes (max |diff| {diff:.3g}, e.g. gene {merged['gene'].iloc[bad]} position "
+                              f"{merged['position'].iloc[bad]})")
+    return worst
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score))
+
+
+def check_canary(strategy: str | type, client: Any, tmp_path: str | os.PathLike, *, dataset: str | os.PathLike | None = None,
+                 chance: float = 0.1, **options: Any) -> dict[str, float]:
+    """Train ``strategy`` on the canary dataset: out-of-fold metrics must stay at chance.
+
+    The canary (:func:`make_canary_dataset`) has one useful feature, which memorises each
+    gene's labels: a model that saw a gene scores it almost perfectly, a model that did not
+    is at chance. So an out-of-fold splice-vs-neither AUC further than ``chance`` from 0.5
+    means some out-of-fold row was scored by a model that saw its gene (scored on the
+    uncalibrated splice-vs-neither margin, ``-margin_neither``). Boosted strategies
+    are also checked to exploit the feature in sample (final model on its training rows,
+    AUC >= 0.7; an ensemble's members each saw a fraction of the genes), which shows the
+    canary is armed. Returns ``{"oof_auc", "in_sample_auc"}``.
+    """
+    from metadask.dataset.schema import encode_labels
+    from metadask.dataset.source import open_dataset
+    from metadask.strategies.registry import register_strategy
+    from metadask.training import train
+
+    if isinstance(strategy, type):
+        register_strategy(strategy)
+        name = strategy.name
+    else:
+        name = str(strategy)
+    tmp = Path(tmp_path)
+    data = Path(dataset) if dataset is not None else make_canary_dataset(tmp / "canary-data")
+    opts = {"n_folds": 3, "n_estimators": 30, "early_stopping_rounds": 0, "analysis": False, "seed": 0,
+            "screening_sample": 1.0, **options, "strategy": name}
+    result = train(data, tmp / f"canary-{name}", client=client, **opts)
+    if "gene_memory" not in result.features:
+        raise _fail(name, "the canary feature 'gene_memory' was screened out, so the canary proves nothing")
+    y = (result.oof["label"].to_numpy() > 0).astype(int)
+    oof_auc = _auc(y, -result.oof["margin_neither"].to_numpy())  # uncalibrated: calibration is fit on these rows
+    if abs(oof_auc - 0.5) > chance:
+        raise _fail(name, f"on the canary dataset the out-of-fold splice AUC is {oof_auc:.3f}, not chance (0.5 +- "
+                          f"{chance}): out-of-fold rows were scored by models that saw their genes")
+    ds = open_dataset(data)
+    frame = ds.read_genes(sorted(result.folds.index))
+    margins = result.model.predict_margin(result.model.matrix(frame))
+    codes = np.asarray(encode_labels(frame[ds.label_column], ds.label_column))
+    in_sample = _auc((codes > 0).astype(int), -margins[:, 0])
+    boosted = type(result.model).__name__ != "LinearModel"
+    if boosted and in_sample < 0.7:
+        raise _fail(name, f"the final model does not exploit the canary feature in sample (AUC {in_sample:.3f} < 0.7), "
+                          "so the canary check is not armed; raise n_estimators")
+    return {"oof_auc": oof_auc, "in_sample_auc": in_sample}
