@@ -12,7 +12,9 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("METADASK_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+"""Where results JSON goes: ``benchmarks/results`` (committed: the docs quote these files), or
+``METADASK_BENCH_RESULTS`` (the test suite points it at a temporary folder)."""
 CACHE = Path(os.environ.get("METADASK_BENCH_CACHE", "/tmp/metadask-bench"))
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# benchmark smoke runs (in process or as subprocesses) write their JSON here, never into the
+# working tree's benchmarks/results, whose files the docs quote
+os.environ.setdefault("METADASK_BENCH_RESULTS", tempfile.mkdtemp(prefix="metadask-test-bench-results-"))
 
 
 @pytest.fixture(scope="session")

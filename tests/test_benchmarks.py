@@ -2,8 +2,8 @@
 
 Each case's ``main(["--tiny"])`` runs for real (LocalClusters, XGBoost, parquet); results go
 to a temporary directory instead of ``benchmarks/results`` and synthetic datasets to a cache
-of this test session. A case module that does not exist yet (or has no ``--tiny``) is skipped
-with the reason.
+of this test session. A case listed in ``benchmarks.__main__.CASES`` without a module or a
+``--tiny`` option fails.
 """
 
 from __future__ import annotations
@@ -43,11 +43,9 @@ def bench_dirs(monkeypatch, tmp_path, tmp_path_factory):
 
 
 def load_case(case: str):
-    if importlib.util.find_spec(f"benchmarks.{case}") is None:
-        pytest.skip(f"benchmark case '{case}' is not written yet (no benchmarks/{case}.py)")
+    assert importlib.util.find_spec(f"benchmarks.{case}") is not None, f"benchmarks/{case}.py is missing"
     module = importlib.import_module(f"benchmarks.{case}")
-    if "--tiny" not in inspect.getsource(module):
-        pytest.skip(f"benchmark case '{case}' has no --tiny option yet")
+    assert "--tiny" in inspect.getsource(module), f"benchmark case '{case}' has no --tiny option"
     return module
 
 

@@ -158,7 +158,6 @@ def test_metadask_inspect_of_a_missing_s3_prefix_exits_2_with_one_line(s3_url, s
 # ~40 s on a shared 2-core machine: slow
 @pytest.mark.slow
 def test_training_reads_an_s3_dataset_on_the_workers(client, s3_url, storage_options, tmp_path):
-    pytest.importorskip("metadask.training")
     import metadask
 
     result = metadask.train(s3_url, tmp_path / "run", client=client, storage_options=storage_options,

@@ -42,12 +42,6 @@ N_FITS = {"single": 2 * 3 + 3, "batch-ensemble": 2 * 3}
 PROBS = ["prob_neither", "prob_donor", "prob_acceptor", "margin_neither", "margin_donor", "margin_acceptor"]
 
 
-def _strategy_available(name: str) -> bool:
-    from metadask.strategies.registry import strategy_names
-
-    return name in strategy_names()
-
-
 def _new_cluster(n_workers: int) -> LocalCluster:
     # processes=True: every worker is a separate process managed by a Nanny (restarted on death)
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -86,11 +80,6 @@ def references(data: Path, nanny_client: Client, tmp_path_factory: pytest.TempPa
         return cache[strategy]
 
     return get  # type: ignore[return-value]
-
-
-def _skip_unavailable(strategy: str) -> None:
-    if not _strategy_available(strategy):
-        pytest.skip(f"strategy '{strategy}' not yet available")
 
 
 def _bundle_checksums(out: Path) -> dict[str, str]:
@@ -142,7 +131,6 @@ def _wait_for_workers(client: Client, n: int, timeout: float = 240) -> None:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_run_survives_a_killed_worker_and_predicts_exactly_what_a_fault_free_run_does(
         strategy: str, data: Path, nanny_client: Client, references, tmp_path: Path) -> None:
-    _skip_unavailable(strategy)
     _, ref_out = references(strategy)
     _wait_for_workers(nanny_client, 2)
     out = tmp_path / "faulted"
@@ -177,7 +165,6 @@ def test_a_run_survives_a_killed_worker_and_predicts_exactly_what_a_fault_free_r
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_same_seed_gives_bitwise_identical_models_and_predictions_on_one_and_two_workers(
         strategy: str, data: Path, references, tmp_path: Path) -> None:
-    _skip_unavailable(strategy)
     ref_result, ref_out = references(strategy)
     with _new_cluster(1) as one, Client(one, set_as_default=False) as c1:
         result = metadask.train(str(data), tmp_path / "one", client=c1, strategy=strategy, **OPTIONS[strategy])

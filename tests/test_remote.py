@@ -269,8 +269,6 @@ def remote_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def remote_run(remote, remote_dataset, tmp_path_factory):
-    pytest.importorskip("metadask.training")
-    pytest.importorskip("metadask.inference")
     from metadask.cli import main
 
     out_dir = tmp_path_factory.mktemp("remote-run") / "run"
