@@ -7,6 +7,7 @@ on stderr and exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import sys
@@ -56,7 +57,69 @@ def _parse_list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
+def _with_settings(f: Any) -> Any:
+    """Add ``--set KEY=VALUE`` (repeatable) and run the command under those ``metadask.*`` settings.
+
+    The settings go through ``dask.config`` (as ``DASK_METADASK__...`` variables and
+    ``dask.config.set`` do); the keys are those of metadask.yaml (docs/training.md lists them).
+    """
+    @functools.wraps(f)
+    def run(*args: Any, settings: tuple[str, ...] = (), **kw: Any) -> Any:
+        import dask.config
+
+        from metadask.config import parse_settings
+
+        with dask.config.set(parse_settings(settings)):
+            return f(*args, **kw)
+
+    return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                        help="A metadask setting (repeatable), e.g. incremental.epochs=5, distributed.worker-wait=120, "
+                             "ensemble-cv-members=0; see docs/training.md.")(run)
+
+
 _OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+TRAIN_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Data", ("dataset", "label_column", "gene_column", "metadata_columns", "weight_column", "storage", "eval_dataset",
+              "full_body_sampling", "sampling")),
+    ("Output", ("out_dir", "overwrite", "resume")),
+    ("Cluster", ("scheduler", "n_workers", "threads_per_worker", "memory_limit", "connect_timeout", "min_workers",
+                 "worker_wait_timeout", "performance_report", "cluster", "k8s_image", "k8s_workers", "k8s_worker_memory",
+                 "k8s_namespace")),
+    ("Plan and strategy", ("strategy", "n_folds", "seed", "valid_size", "max_memory_gb", "train_all_genes",
+                           "max_genes_per_batch", "ensemble_method", "ensemble_cv", "settings")),
+    ("Screening", ("screening_sample", "leakage_threshold", "leakage_auc", "default_exclusions", "leakage_policy",
+                   "max_missing", "exclude_features", "keep_features", "screening_from")),
+    ("Model (boosted strategies)", ("n_estimators", "learning_rate", "max_depth", "subsample", "colsample_bytree", "max_bin",
+                                    "early_stopping_rounds")),
+    ("Calibration", ("calibrate_per_class", "calib_method")),
+    ("Analysis", ("shap_sample", "skip_shap", "skip_plots", "no_analysis")),
+    ("Logging", ("verbose", "help")),
+)
+"""``train --help`` by stage of the flow; docs/training.md has one options table per section (a test compares them)."""
+
+
+class _SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in ``sections`` (title, parameter names)."""
+
+    def __init__(self, *args: Any, sections: tuple[tuple[str, tuple[str, ...]], ...] = (), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed: set[str | None] = set()
+        for title, names in self.sections:
+            rows = [records[n] for n in names if records.get(n)]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [r for n, r in records.items() if n not in placed and r]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)
 
 
 class _Group(click.Group):
@@ -172,7 +235,7 @@ def _cluster_options(f):
     return f
 
 
-@main.command()
+@main.command(cls=_SectionedCommand, sections=TRAIN_SECTIONS)
 @click.option("--dataset", required=True, help="Directory, <name>/master, glob or fsspec URL of parquet files.")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where artifacts and the model go.")
 @_cluster_options
@@ -212,7 +275,8 @@ def _cluster_options(f):
 @click.option("--max-missing", type=float, default=0.5, show_default=True)
 @click.option("--exclude-features", default=None, help="FILE (one name per line) or a,b,c.")
 @click.option("--keep-features", default=None, help="a,b,c: never excluded automatically.")
-@click.option("--screening-from", default=None, type=click.Path(dir_okay=False), help="Reuse an earlier global_excluded_features.txt.")
+@click.option("--screening-from", default=None, type=click.Path(exists=True),
+              help="Reuse an earlier run's screening: its directory or its global_excluded_features.txt.")
 @click.option("--label-column", default="splice_type", show_default=True)
 @click.option("--gene-column", default="gene_id", show_default=True)
 @click.option("--metadata-columns", default=None, help="a,b,c: extra columns never used as features.")
@@ -222,6 +286,7 @@ def _cluster_options(f):
 @click.option("--no-analysis", is_flag=True, help="Skip post-training analysis (metrics files are still written).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out-dir.")
 @click.option("--resume", is_flag=True, help="Reuse finished folds / batches of an interrupted run in --out-dir.")
+@_with_settings
 def train(**kw: Any) -> None:
     """Train a meta-model with gene-aware cross-validation and write its artifacts."""
     from metadask.training import train as run_train
@@ -257,6 +322,7 @@ def train(**kw: Any) -> None:
 @click.option("--metadata-columns", default=None, help="a,b,c: extra non-feature columns, passed through to the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (once the new predictions are complete).")
 @_cluster_options
+@_with_settings
 def predict(model_path: str, dataset: str, out: str, threshold: str | None, gene_column: str, label_column: str,
             metadata_columns: str | None, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
     """Score DATASET with a trained model, out of core; write ids, probabilities, splice score and call.
@@ -293,6 +359,7 @@ def predict(model_path: str, dataset: str, out: str, threshold: str | None, gene
 @click.option("--skip-plots", is_flag=True)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out-dir.")
 @_cluster_options
+@_with_settings
 def evaluate(model_path: str, dataset: str, out_dir: str, threshold: float | None, gene_column: str, label_column: str,
              skip_plots: bool, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
     """Evaluate a model on every row of held-out DATASET, base vs meta (full-body metrics)."""

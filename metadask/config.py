@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,11 +18,13 @@ from typing import Any, Literal
 import dask.config
 import yaml
 
-from metadask.errors import option_error
+from metadask.errors import ConfigError, option_error
 
 _DEFAULTS_FILE = Path(__file__).with_name("metadask.yaml")
 with open(_DEFAULTS_FILE) as _fh:
-    dask.config.update_defaults(yaml.safe_load(_fh))
+    DEFAULTS: dict[str, Any] = yaml.safe_load(_fh)["metadask"]
+    """The ``metadask.*`` settings' defaults: metadask.yaml is their only source."""
+dask.config.update_defaults({"metadask": DEFAULTS})
 
 StrategyName = Literal["auto", "single", "batch-ensemble", "distributed", "incremental"]
 
@@ -29,6 +32,55 @@ StrategyName = Literal["auto", "single", "batch-ensemble", "distributed", "incre
 def setting(key: str) -> Any:
     """A ``metadask.<key>`` value from dask.config (defaults from metadask.yaml)."""
     return dask.config.get(f"metadask.{key}")
+
+
+def _default(key: str) -> Any:
+    value: Any = DEFAULTS
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def setting_changed(key: str) -> bool:
+    """Whether ``metadask.<key>`` (a value or a section) differs from its metadask.yaml default."""
+    return setting(key) != _default(key)
+
+
+def setting_keys() -> list[str]:
+    """Every ``metadask.*`` setting as a dotted key (``incremental.epochs``, ``worker-env``, ...)."""
+    def walk(prefix: str, node: Any) -> list[str]:
+        if isinstance(node, dict) and prefix != "worker-env":
+            return [k for name, sub in node.items() for k in walk(f"{prefix}.{name}" if prefix else name, sub)]
+        return [prefix]
+
+    return walk("", DEFAULTS)
+
+
+def parse_settings(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``--set``) as ``dask.config`` settings ``{"metadask.KEY": value}``.
+
+    Keys are those of metadask.yaml (``incremental.epochs``, ``distributed.worker-wait``,
+    ``ensemble-cv-members``, ``worker-env.NAME``, ...), with or without the ``metadask.``
+    prefix; values are read as YAML (``3``, ``0.5``, ``true``, ``null``, text).
+    """
+    known = setting_keys()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip().removeprefix("metadask.").replace("_", "-")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (found {item!r}). Use e.g. --set incremental.epochs=5.")
+        if key not in known and not key.startswith("worker-env."):
+            raise ConfigError(f"--set {key}: no such setting. Known settings: {', '.join(known)} "
+                              "(and worker-env.NAME for a worker environment variable).")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if key.startswith("worker-env."):
+            value = "" if value is None else str(raw.strip())
+        out[f"metadask.{key}"] = value
+    return out
 
 
 @dataclass

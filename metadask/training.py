@@ -32,7 +32,7 @@ from metadask.models.bundle import save_model
 from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
 from metadask.results import OOF_COLUMNS, TrainingResult
-from metadask.strategies.base import TrainContext
+from metadask.strategies.base import TrainContext, ignored_options
 from metadask.strategies.registry import get_strategy
 
 log = logging.getLogger("metadask")
@@ -217,6 +217,9 @@ def train(
         log.info("Strategy: %s (%s)", choice.name, choice.reason)
         if choice.warning:
             log.warning(choice.warning)
+        ignored = ignored_options(config, strategy_cls)
+        if ignored:  # never drop a user's option silently
+            log.warning("%s: not used by the %s strategy; ignored.", ", ".join(ignored), choice.name)
         log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
         ctx = TrainContext(
             client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(screening.excluded),

@@ -12,13 +12,13 @@ import abc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import pandas as pd
 
 from metadask.cluster import ClusterSpec
-from metadask.config import TrainConfig
+from metadask.config import TrainConfig, setting_changed
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
@@ -180,11 +180,24 @@ def fold_booster_model(outputs: dict[str, FitOutput], prefix: str, features: Seq
     return BoosterModel([booster_from_bytes(outputs[f"{prefix}-{c}"].booster) for c in LABELS], list(features))
 
 
+BOOSTING_OPTIONS = frozenset({"n_estimators", "learning_rate", "max_depth", "subsample", "colsample_bytree", "max_bin",
+                              "min_child_weight", "early_stopping_rounds"})
+"""TrainConfig options of the boosted one-vs-rest fits."""
+ENSEMBLE_OPTIONS = frozenset({"ensemble_method", "ensemble_cv", "max_genes_per_batch"})
+"""TrainConfig options of the batch ensemble."""
+STRATEGY_SETTINGS = ("ensemble-cv-members", "distributed", "incremental")
+"""``metadask.*`` settings (metadask.yaml) that belong to one strategy each."""
+
+
 class Strategy(abc.ABC):
     """A way of training: subclass, set ``name``, implement :meth:`fit`, then register it."""
 
     name: ClassVar[str] = "abstract"
     label: ClassVar[str] = "Abstract strategy"
+    options: ClassVar[frozenset[str] | None] = None
+    """Which of :data:`BOOSTING_OPTIONS` | :data:`ENSEMBLE_OPTIONS` this strategy reads (None: all)."""
+    settings: ClassVar[tuple[str, ...]] = ()
+    """Which of :data:`STRATEGY_SETTINGS` this strategy reads."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -201,3 +214,18 @@ class Strategy(abc.ABC):
     def describe(self, ctx: TrainContext) -> str:
         """The summary's "Training Strategy" line."""
         return self.label
+
+
+def ignored_options(config: TrainConfig, strategy: type[Strategy]) -> list[str]:
+    """The options set away from their defaults that ``strategy`` does not read (CLI spelling).
+
+    A third-party strategy that does not declare :attr:`Strategy.options` reads them all.
+    """
+    if strategy.options is None:
+        return []
+    defaults = {f.name: f.default for f in fields(config)}
+    out = [f"--{name.replace('_', '-')}" for name in sorted((BOOSTING_OPTIONS | ENSEMBLE_OPTIONS) - strategy.options)
+           if getattr(config, name) != defaults[name]]
+    out += [f"--set {key}{'.*' if key in ('distributed', 'incremental') else ''}" for key in STRATEGY_SETTINGS
+            if key not in strategy.settings and setting_changed(key)]
+    return out

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metadask.config import setting
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
@@ -41,7 +42,7 @@ from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.plan import eval_sample, split_validation
 from metadask.results import FoldModels, TrainingResult
-from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows, worker_threads
 
 log = logging.getLogger("metadask")
@@ -50,15 +51,12 @@ _BATCH_SEED = 7919
 """Offset mixed into the seed for batch packing (folds use the plain seed)."""
 SHARE_READS_PER_THREAD = 2
 """Batches per worker thread from which a batch's three class fits run as one task (one read)."""
-DEFAULT_CV_MEMBERS = 10
-"""Leave-batch-out: at most this many members score a gene (``metadask.ensemble-cv-members``)."""
-
-
 def cv_members(setting_value: object = None) -> int:
-    """Most members that score a gene in leave-batch-out CV (0: every member but its own)."""
-    import dask.config
+    """Most members that score a gene in leave-batch-out CV (0: every member but its own).
 
-    value = dask.config.get("metadask.ensemble-cv-members", DEFAULT_CV_MEMBERS) if setting_value is None else setting_value
+    From ``metadask.ensemble-cv-members`` (default in metadask.yaml) unless ``setting_value`` is given.
+    """
+    value = setting("ensemble-cv-members") if setting_value is None else setting_value
     try:
         n = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
@@ -67,7 +65,7 @@ def cv_members(setting_value: object = None) -> int:
         from metadask.errors import option_error
 
         raise option_error("ensemble-cv-members", "must be an integer >= 0 (0: every other member)", value,
-                           "Set e.g. DASK_METADASK__ENSEMBLE_CV_MEMBERS=10.")
+                           "Use e.g. --set ensemble-cv-members=10.")
     return n
 
 
@@ -181,6 +179,8 @@ class BatchEnsembleStrategy(Strategy):
 
     name = "batch-ensemble"
     label = "Batch Ensemble"
+    options = BOOSTING_OPTIONS | ENSEMBLE_OPTIONS
+    settings = ("ensemble-cv-members",)
 
     # -- planning --------------------------------------------------------------------------
     def genes_per_batch(self, ctx: TrainContext) -> int:

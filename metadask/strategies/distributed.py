@@ -47,7 +47,7 @@ from metadask.errors import TrainingError
 from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
 from metadask.results import FoldModels, TrainingResult
-from metadask.strategies.base import Strategy, TrainContext, fits_frame, fold_booster_model
+from metadask.strategies.base import BOOSTING_OPTIONS, Strategy, TrainContext, fits_frame, fold_booster_model
 from metadask.strategies.tasks import FitSpec, GeneSet, final_rounds, gene_partitions, read_rows, run_predict
 
 log = logging.getLogger("metadask")
@@ -289,6 +289,8 @@ class DistributedStrategy(Strategy):
 
     name = "distributed"
     label = "Distributed XGBoost (xgboost.dask)"
+    options = BOOSTING_OPTIONS
+    settings = ("distributed",)
 
     def describe(self, ctx: TrainContext) -> str:
         return f"{self.label}, {ctx.cluster.n_workers} workers"

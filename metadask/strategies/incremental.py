@@ -190,6 +190,8 @@ class IncrementalStrategy(Strategy):
 
     name = "incremental"
     label = "Incremental SGD (streamed partial_fit)"
+    options: frozenset[str] = frozenset()  # none of the boosting or ensemble options
+    settings = ("incremental",)
 
     def describe(self, ctx: TrainContext) -> str:
         return f"{self.label}, {int(setting('epochs'))} epochs"

@@ -14,7 +14,7 @@ import pandas as pd
 from metadask.dataset.schema import LABELS
 from metadask.models.boosted import BoosterModel, booster_from_bytes
 from metadask.results import FoldModels, TrainingResult
-from metadask.strategies.base import Strategy, TrainContext, fits_frame, fold_booster_model
+from metadask.strategies.base import BOOSTING_OPTIONS, Strategy, TrainContext, fits_frame, fold_booster_model
 from metadask.strategies.tasks import FitSpec, run_predict
 
 log = logging.getLogger("metadask")
@@ -23,6 +23,7 @@ log = logging.getLogger("metadask")
 class SingleStrategy(Strategy):
     name = "single"
     label = "Single XGBoost Model"
+    options = BOOSTING_OPTIONS
 
     def fit(self, ctx: TrainContext) -> TrainingResult:
         cfg = ctx.config
