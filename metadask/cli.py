@@ -244,6 +244,8 @@ def _cluster_options(f):
               help="Full-body dataset (every position of its genes): evaluated out of fold; the decision threshold is chosen there.")
 @click.option("--weight-column", default=None,
               help="Per-row inverse inclusion probability (metadata) [default: sample_weight when present].")
+@click.option("--tree-weight-power", type=float, default=0.5, show_default=True,
+              help="Weighted data: rows enter the trees with weight sample_weight ** POWER (0 unweighted, 1 full).")
 @click.option("--full-body-sampling/--no-full-body-sampling", default=True, show_default=True,
               help="A full-body training dataset is sampled by the library (weights = 1 / inclusion probability).")
 @click.option("--sampling", "sampling", multiple=True, metavar="RULE=VALUE",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,8 @@ class TrainConfig:
     # a full-body training dataset is sampled by the library (rules: metadask.dataset.sampling)
     full_body_sampling: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)
+    # rows of a weighted dataset enter the trees with weight sample_weight ** tree_weight_power
+    tree_weight_power: float = 0.5
     # model
     n_folds: int = 5
     n_estimators: int = 800
@@ -112,6 +115,10 @@ class TrainConfig:
     valid_size: float = 0.1
     calibrate_per_class: bool = True
     calib_method: Literal["platt", "isotonic"] = "platt"
+    # the final model: refit on every gene, or the CV fold models averaged (no refit)
+    final_model: Literal["refit", "cv-ensemble"] = "refit"
+    # XGBoost device of fits, prediction and SHAP: "cpu", "cuda" or "cuda:<ordinal>"
+    device: str = "cpu"
     # strategy
     strategy: str = "auto"
     train_all_genes: bool = False
@@ -159,6 +166,10 @@ class TrainConfig:
         need(is_int(self.early_stopping_rounds) and self.early_stopping_rounds >= 0, "early_stopping_rounds", "must be an integer >= 0", "Use 0 to disable early stopping.")
         need(isinstance(self.valid_size, (int, float)) and 0 < self.valid_size < 0.5, "valid_size", "must be a fraction in (0, 0.5)", "Use e.g. --valid-size 0.1.")
         need(self.calib_method in ("platt", "isotonic"), "calib_method", "must be 'platt' or 'isotonic'", "Use --calib-method platt or isotonic.")
+        need(self.final_model in ("refit", "cv-ensemble"), "final_model", "must be 'refit' or 'cv-ensemble'",
+             "Use --final-model refit or cv-ensemble.")
+        need(isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device",
+             "must be 'cpu', 'cuda' or 'cuda:<ordinal>'", "Use --device cpu or --device cuda.")
         need(is_int(self.max_genes_per_batch) and self.max_genes_per_batch >= 2, "max_genes_per_batch", "must be an integer >= 2", "Use e.g. --max-genes-per-batch 1200.")
         need(self.max_memory_gb is None or (isinstance(self.max_memory_gb, (int, float)) and self.max_memory_gb > 0), "max_memory_gb", "must be > 0", "Use e.g. --max-memory-gb 12.")
         need(self.ensemble_method in ("voting", "weighted"), "ensemble_method", "must be 'voting' or 'weighted'", "Use --ensemble-method voting or weighted.")
@@ -174,6 +185,9 @@ class TrainConfig:
              "eval_dataset", "must be a dataset path or URL", "Use e.g. --eval-dataset data/fullbody.")
         need(self.weight_column is None or (isinstance(self.weight_column, str) and self.weight_column.strip() != ""),
              "weight_column", "must be a column name", "Use e.g. --weight-column sample_weight.")
+        need(isinstance(self.tree_weight_power, (int, float)) and not isinstance(self.tree_weight_power, bool)
+             and 0 <= self.tree_weight_power <= 1, "tree_weight_power", "must be in [0, 1]",
+             "Use e.g. --tree-weight-power 0.5 (0: unweighted trees, 1: full inverse inclusion weights).")
         need(not (self.overwrite and self.resume), "resume", "cannot be combined with --overwrite", "Pass one of --resume and --overwrite.")
         return self
 
@@ -190,6 +204,7 @@ class TrainConfig:
             "max_bin": int(self.max_bin),
             "min_child_weight": float(self.min_child_weight),
             "seed": int(self.seed),
+            "device": self.device,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
 from metadask.results import OOF_COLUMNS, TrainingResult
 from metadask.strategies.base import TrainContext, ignored_options
+from metadask.strategies.capacity import apply_fit_slots, check_worker_memory, lost_to_memory, plan_inputs
 from metadask.strategies.registry import get_strategy
 
 log = logging.getLogger("metadask")
@@ -183,6 +184,7 @@ def train(
             log.info("Dask dashboard: %s", spec.dashboard)
         log.info("Cluster: %d workers, threads %s, memory limit %s per worker", spec.n_workers,
                  "/".join(map(str, sorted(set(spec.threads)))), format_bytes(spec.min_memory))
+        check_worker_memory(c)  # a worker too small to start would pause and leave every task waiting
         t = time.perf_counter()
         index = build_gene_index(ds, cache=out / "cache" / "gene_index.parquet")
         full: tuple[Dataset, Any] | None = None
@@ -212,6 +214,7 @@ def train(
             config.strategy, index=index, n_features=len(features), worker_memory=spec.min_memory,
             memory_fraction=float(setting("task-memory-fraction")), max_memory_gb=config.max_memory_gb,
             max_genes_per_batch=config.max_genes_per_batch, train_all_genes=config.train_all_genes,
+            max_bin=config.max_bin, **plan_inputs(c),
         )
         strategy_cls = get_strategy(choice.name)
         log.info("Strategy: %s (%s)", choice.name, choice.reason)
@@ -220,15 +223,26 @@ def train(
         ignored = ignored_options(config, strategy_cls)
         if ignored:  # never drop a user's option silently
             log.warning("%s: not used by the %s strategy; ignored.", ", ".join(ignored), choice.name)
-        log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
+        if choice.concurrency:
+            log.info("Concurrency: %s", choice.concurrency)
+        else:
+            log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
         ctx = TrainContext(
             client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(screening.excluded),
             folds=folds, fold_plans=fold_plans, cluster=spec, journal=Journal(out / "journal", config.resume),
-            plan={"choice": choice, "matrix_bytes": matrix_bytes(index, len(features))},
+            plan={"choice": choice, "matrix_bytes": matrix_bytes(index, len(features)),
+                  "resources": apply_fit_slots(c, choice)},
         )
         strategy = strategy_cls(config)
+        if ds.weighted and config.tree_weight_power > 0 and not strategy_cls.supports_row_weights:
+            log.warning("Strategy '%s' fits unweighted trees: the rows' inclusion weights are used for calibration and "
+                        "thresholds only (--tree-weight-power applies to single and batch-ensemble).", choice.name)
+        elif ds.weighted:
+            log.info("Rows carry inclusion weights (%s): trees weighted by weight ** %g, calibration by the full weights",
+                     ds.weight_column, config.tree_weight_power)
         t = time.perf_counter()
-        result = strategy.fit(ctx)
+        with lost_to_memory(ctx):
+            result = strategy.fit(ctx)
         timings["training"] = time.perf_counter() - t
         if ctx.journal is not None and ctx.journal.reused:
             log.info("--resume reused %d finished fits: %s", len(ctx.journal.reused), ", ".join(ctx.journal.reused))

@@ -60,14 +60,18 @@ class FitMatrices:
     @classmethod
     def build(
         cls, x: np.ndarray, *, x_valid: np.ndarray | None = None, x_train_eval: np.ndarray | None = None,
-        max_bin: int = 256, nthread: int = 1,
+        max_bin: int = 256, nthread: int = 1, weight: np.ndarray | None = None,
+        weight_valid: np.ndarray | None = None, weight_train_eval: np.ndarray | None = None,
     ) -> FitMatrices:
-        dtrain = xgb.QuantileDMatrix(x, max_bin=max_bin, nthread=nthread)
+        """``weight*``: per-row weights of the training rows and of the evaluation sets (or None)."""
+        dtrain = xgb.QuantileDMatrix(x, max_bin=max_bin, nthread=nthread, weight=weight)
         evals = []
         if x_train_eval is not None and len(x_train_eval):
-            evals.append((xgb.QuantileDMatrix(x_train_eval, ref=dtrain, max_bin=max_bin, nthread=nthread), "train"))
+            evals.append((xgb.QuantileDMatrix(x_train_eval, ref=dtrain, max_bin=max_bin, nthread=nthread,
+                                              weight=weight_train_eval), "train"))
         if x_valid is not None and len(x_valid):
-            evals.append((xgb.QuantileDMatrix(x_valid, ref=dtrain, max_bin=max_bin, nthread=nthread), "valid"))
+            evals.append((xgb.QuantileDMatrix(x_valid, ref=dtrain, max_bin=max_bin, nthread=nthread,
+                                              weight=weight_valid), "valid"))
         return cls(dtrain, evals)
 
 
@@ -84,6 +88,9 @@ def fit_binary(
     early_stopping_rounds: int = 0,
     nthread: int = 1,
     feature_names: Sequence[str] | None = None,
+    weight: np.ndarray | None = None,
+    weight_valid: np.ndarray | None = None,
+    weight_train_eval: np.ndarray | None = None,
 ) -> FitOutput:
     """One binary XGBoost fit on a QuantileDMatrix, with optional early stopping.
 
@@ -92,7 +99,7 @@ def fit_binary(
     """
     t0 = time.perf_counter()
     m = FitMatrices.build(x, x_valid=x_valid, x_train_eval=x_train_eval, max_bin=params.get("max_bin", 256),
-                          nthread=nthread)
+                          nthread=nthread, weight=weight, weight_valid=weight_valid, weight_train_eval=weight_train_eval)
     out = fit_matrices(m, y, params, n_estimators, y_valid=y_valid, y_train_eval=y_train_eval,
                        early_stopping_rounds=early_stopping_rounds, nthread=nthread)
     del m

@@ -26,6 +26,7 @@ from metadask.journal import Journal, digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.plan import FoldPlan
 from metadask.results import TrainingResult
+from metadask.strategies.capacity import memory_failure, task_name, watched
 from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
 
 log = logging.getLogger("metadask")
@@ -47,6 +48,11 @@ class TrainContext:
     journal: Journal | None = None
     plan: dict[str, Any] = field(default_factory=dict)
     _fingerprint: dict[str, list[Any]] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def tree_weight_power(self) -> float:
+        """Power of the rows' inclusion weights fed to the trees (0 when the dataset has none)."""
+        return float(self.config.tree_weight_power) if self.dataset.weighted else 0.0
 
     def gene_set(self, genes: Sequence[str]) -> GeneSet:
         genes = tuple(sorted(genes))
@@ -77,6 +83,11 @@ class TrainContext:
         """The finished fit the journal holds for ``spec`` with this digest (``--resume``), or None."""
         return self.journal.get(spec.key, key_digest) if self.journal is not None else None
 
+    @property
+    def resources(self) -> dict[str, float] | None:
+        """Dask resources each fit or prediction task asks for: one of its worker's fit slots (the plan's concurrency rule)."""
+        return self.plan.get("resources")
+
     def record(self, spec: FitSpec, key_digest: str, out: FitOutput) -> None:
         """Journal a finished fit so that ``--resume`` can reuse it."""
         if self.journal is not None:
@@ -91,26 +102,30 @@ class TrainContext:
         return self.client.submit(
             run_fit, self.dataset, self.features, spec, cv,
             key=f"metadask-fit-{spec.key}-{key_digest[:12]}", priority=priority, pure=False, retries=2,
+            resources=self.resources,
         )
 
-    def submit_fits(self, specs: Sequence[FitSpec], *, priority: int = 0) -> list[Any]:
+    def submit_fits(self, specs: Sequence[FitSpec], cv: Sequence[Sequence[Any]] | None = None, *,
+                    priority: int = 0) -> list[Any]:
         """Futures (or journaled results) for fits that share their rows, one per spec, in order.
 
         The fits not in the journal run as one task that reads the rows once
         (:func:`~metadask.strategies.tasks.run_fits`); each spec still gets its own future
-        (and journal entry), so callers treat them like :meth:`submit_fit`'s.
+        (and journal entry), so callers treat them like :meth:`submit_fit`'s. ``cv``: one list
+        per spec of the CV fits that size it (final fits, as in :meth:`submit_fit`).
         """
         import operator
 
-        digests = [self.spec_digest(s) for s in specs]
+        digests = [self.spec_digest(s, extra=None if cv is None else "final") for s in specs]
         done = [self.journaled(s, d) for s, d in zip(specs, digests)]
         todo = [i for i, o in enumerate(done) if o is None]
         if len(todo) < 2:
-            return [o if o is not None else self.submit_fit(s, priority=priority) for s, o in zip(specs, done)]
+            return [o if o is not None else self.submit_fit(s, None if cv is None else cv[i], priority=priority)
+                    for i, (s, o) in enumerate(zip(specs, done))]
         group = self.client.submit(
-            run_fits, self.dataset, self.features, [specs[i] for i in todo],
+            run_fits, self.dataset, self.features, [specs[i] for i in todo], None if cv is None else [cv[i] for i in todo],
             key=f"metadask-fits-{specs[todo[0]].key}-{digest(sorted(digests[i] for i in todo))[:12]}",
-            priority=priority, pure=False, retries=2,
+            priority=priority, pure=False, retries=2, resources=self.resources,
         )
         out: list[Any] = list(done)
         for j, i in enumerate(todo):
@@ -120,7 +135,7 @@ class TrainContext:
 
     def collect(self, items: dict[str, tuple[FitSpec, Any]], what: str, on_done: Callable[[str, FitOutput], None] | None = None) -> dict[str, FitOutput]:
         """Wait for fits, logging a line per finished fit and journaling each as it lands."""
-        from distributed import Future, as_completed
+        from distributed import Future
 
         results: dict[str, FitOutput] = {}
         futures = {}
@@ -131,9 +146,9 @@ class TrainContext:
                 results[key] = item
                 log.info("%s %s: reused from the journal (%d trees)", what, key, item.n_trees)
         total, t0 = len(items), time.perf_counter()
-        for fut in as_completed(list(futures), loop=self.client.loop):
+        for fut in watched(self.client, list(futures), f"the {what}s", self):
             key = futures[fut]
-            out = fut.result()
+            out = self.result(fut, f"{what} {key}")
             spec = items[key][0]
             results[key] = out
             self.record(spec, self.spec_digest(spec, extra="final" if spec.scope == "final" else None), out)
@@ -148,18 +163,26 @@ class TrainContext:
 
     def gather_logged(self, futures: Sequence[Any], what: str) -> list[Any]:
         """Gather ``futures`` in order, logging a line as each finishes (frames: with their rows)."""
-        from distributed import as_completed
-
-        if len(futures) <= 1:
-            return list(self.client.gather(list(futures)))
         position = {f.key: i for i, f in enumerate(futures)}  # the strategies give every task its own key
         results: list[Any] = [None] * len(futures)
         t0 = time.perf_counter()
-        for n, fut in enumerate(as_completed(list(futures), loop=self.client.loop), 1):
-            part = results[position[fut.key]] = fut.result()
+        for n, fut in enumerate(watched(self.client, list(futures), what, self), 1):
+            part = results[position[fut.key]] = self.result(fut, task_name(fut.key))
+            if len(futures) <= 1:
+                continue
             rows = f", {len(part):,} rows" if hasattr(part, "__len__") and not isinstance(part, (str, bytes)) else ""
             log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
         return results
+
+    def result(self, future: Any, task: str) -> Any:
+        """``future.result()``; a task lost to memory becomes one :class:`~metadask.errors.TrainingError` line."""
+        try:
+            return future.result()
+        except Exception as exc:
+            error = memory_failure(exc, task, self)
+            if error is None:
+                raise
+            raise error from None
 
 
 def fits_frame(specs: Sequence[FitSpec], outputs: dict[str, FitOutput]) -> pd.DataFrame:
@@ -194,6 +217,8 @@ class Strategy(abc.ABC):
 
     name: ClassVar[str] = "abstract"
     label: ClassVar[str] = "Abstract strategy"
+    supports_row_weights: ClassVar[bool] = False
+    """True when the fits take the rows' inclusion weights (``--tree-weight-power``)."""
     options: ClassVar[frozenset[str] | None] = None
     """Which of :data:`BOOSTING_OPTIONS` | :data:`ENSEMBLE_OPTIONS` this strategy reads (None: all)."""
     settings: ClassVar[tuple[str, ...]] = ()

@@ -51,6 +51,8 @@ _BATCH_SEED = 7919
 """Offset mixed into the seed for batch packing (folds use the plain seed)."""
 SHARE_READS_PER_THREAD = 2
 """Batches per worker thread from which a batch's three class fits run as one task (one read)."""
+
+
 def cv_members(setting_value: object = None) -> int:
     """Most members that score a gene in leave-batch-out CV (0: every member but its own).
 
@@ -179,6 +181,7 @@ class BatchEnsembleStrategy(Strategy):
 
     name = "batch-ensemble"
     label = "Batch Ensemble"
+    supports_row_weights = True
     options = BOOSTING_OPTIONS | ENSEMBLE_OPTIONS
     settings = ("ensemble-cv-members",)
 
@@ -218,6 +221,7 @@ class BatchEnsembleStrategy(Strategy):
                     key=f"{prefix}b{b}-{name}", scope=scope, cls=k, fold=fold, batch=b,
                     fit=fit_set, valid=valid_set, eval_genes=tuple(train_eval),
                     n_estimators=cfg.n_estimators, early_stopping_rounds=cfg.early_stopping_rounds, params=params,
+                    weight_power=ctx.tree_weight_power,
                 )
                 for k, name in enumerate(LABELS)
             ]
@@ -240,6 +244,7 @@ class BatchEnsembleStrategy(Strategy):
             futures.append(ctx.client.submit(
                 run_ensemble_predict, ctx.dataset, ctx.features, gs, fits, self.config.ensemble_method,
                 key=f"metadask-oof-{tag}-{i}-{tokenize(gs.genes, tag, id(ctx))}", priority=5, retries=2,
+                resources=ctx.resources,
             ))
         return futures
 
@@ -256,7 +261,9 @@ class BatchEnsembleStrategy(Strategy):
             log.info(note)
         # One task per batch (reading it once for its three classes) when there are enough
         # batches to keep every worker thread busy; otherwise one task per class, for parallelism.
-        n_tasks = n_batches * (1 if mode == "leave-batch-out" else cfg.n_folds + 1)
+        # --final-model cv-ensemble with full CV: the CV members are the final model (no member refit)
+        cv_final = mode == "full" and cfg.final_model == "cv-ensemble"
+        n_tasks = n_batches * (1 if mode == "leave-batch-out" else cfg.n_folds + (0 if cv_final else 1))
         share_reads = n_tasks >= SHARE_READS_PER_THREAD * max(1, ctx.cluster.total_threads)
         log.info("Batch ensemble: %s", f"one task per batch for its three classes ({n_tasks} batches to fit, "
                  f"{ctx.cluster.total_threads} worker threads): each batch is read once" if share_reads else
@@ -264,8 +271,8 @@ class BatchEnsembleStrategy(Strategy):
                  f"{ctx.cluster.total_threads} worker threads busy otherwise")
         specs: list[FitSpec] = []
         member_items: dict[str, tuple[FitSpec, Any]] = {}
-        members = self._submit_members(ctx, batches, "member-", "member", None, cfg.seed, specs, member_items, 10,
-                                      share_reads)
+        members = [] if cv_final else self._submit_members(ctx, batches, "member-", "member", None, cfg.seed, specs,
+                                                           member_items, 10, share_reads)
         cv_items: dict[str, tuple[FitSpec, Any]] = {}
         oof_parts: list[tuple[int, Any]] = []
         cv_info: list[dict[str, Any]] = []
@@ -299,21 +306,29 @@ class BatchEnsembleStrategy(Strategy):
         log.info("Batch ensemble: %d batches of <= %d genes, %d member fits, %d CV fits, %d prediction tasks (%s CV)",
                  n_batches, self.genes_per_batch(ctx), len(member_items), len(cv_items), len(oof_parts), mode)
         outputs = ctx.collect(cv_items, "CV member fit") if cv_items else {}
-        outputs.update(ctx.collect(member_items, "member fit"))
+        if member_items:
+            outputs.update(ctx.collect(member_items, "member fit"))
         parts = ctx.gather_logged([f for _, f in oof_parts], "out-of-fold predictions")
         oof = pd.concat([p.assign(fold=fold) for (fold, _), p in zip(oof_parts, parts)], ignore_index=True)
 
-        member_fits = [[outputs[f"member-b{b}-{c}"] for c in LABELS] for b in range(n_batches)]
+        if cv_final:
+            prefixes = [p for fp in ctx.fold_plans for p in fold_prefixes[fp.fold]]
+            member_info = [{"member": i, "cv_member": p, "trees": {c: outputs[f"{p}-{c}"].n_trees for c in LABELS}}
+                           for i, p in enumerate(prefixes)]
+        else:
+            prefixes = [f"member-b{b}" for b in range(n_batches)]
+            member_info = [
+                {"member": b, "genes": int((batches == b).sum()), "rows": int(ctx.index.rows(batches.index[batches == b])),
+                 "trees": {c: outputs[f"member-b{b}-{c}"].n_trees for c in LABELS}}
+                for b in range(n_batches)
+            ]
+        member_fits = [[outputs[f"{p}-{c}"] for c in LABELS] for p in prefixes]
         weights = fit_weights(member_fits, cfg.ensemble_method)
         model = EnsembleModel([[booster_from_bytes(f.booster) for f in m] for m in member_fits], weights, ctx.features,
                               method=cfg.ensemble_method)
-        member_info = [
-            {"member": b, "genes": int((batches == b).sum()), "rows": int(ctx.index.rows(batches.index[batches == b])),
-             "trees": {c: outputs[f"member-b{b}-{c}"].n_trees for c in LABELS}}
-            for b in range(n_batches)
-        ]
         model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
-                      "members": member_info, "method": cfg.ensemble_method, "ensemble_cv": mode}
+                      "members": member_info, "method": cfg.ensemble_method, "ensemble_cv": mode,
+                      "final_model": "cv-ensemble" if cv_final else "members"}
         details: dict[str, Any] = {
             "n_batches": n_batches, "genes_per_batch": self.genes_per_batch(ctx), "ensemble_method": cfg.ensemble_method,
             "ensemble_cv_mode": mode, "ensemble_cv": cv_info,

@@ -22,7 +22,7 @@ from metadask.dataset.source import Dataset
 from metadask.models.boosted import (
     FitMatrices, FitOutput, booster_from_bytes, booster_margins, fit_binary, fit_matrices,
 )
-from metadask.models.threads import worker_threads
+from metadask.models.threads import fit_threads, worker_threads
 
 @dataclass(frozen=True)
 class FitSpec:
@@ -39,12 +39,16 @@ class FitSpec:
     params: dict[str, Any] = field(hash=False, default_factory=dict)
     fold: int | None = None
     batch: int | None = None
+    weight_power: float = 0.0
+    """Rows of a weighted dataset enter the trees with weight ``sample_weight ** weight_power``
+    (0: unweighted; 1: the full inverse inclusion probabilities)."""
 
     def describe(self) -> dict[str, Any]:
         return {
             "key": self.key, "scope": self.scope, "cls": self.cls, "fit": sorted(self.fit.genes),
             "valid": sorted(self.valid.genes) if self.valid else [], "eval": sorted(self.eval_genes),
             "n_estimators": self.n_estimators, "esr": self.early_stopping_rounds, "params": self.params,
+            **({"weight_power": self.weight_power} if self.weight_power else {}),
         }
 
 
@@ -57,6 +61,20 @@ def _fit_rows(dataset: Dataset, features: Sequence[str], spec: FitSpec
         xv, yv, _ = read_rows(dataset, spec.valid, features)
     mask = meta[dataset.gene_column].isin(spec.eval_genes).to_numpy() if spec.eval_genes else None
     return x, y, xv, yv, mask
+
+
+def _fit_weights(dataset: Dataset, spec: FitSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Tree weights (``sample_weight ** spec.weight_power``) of the fit and validation rows, or None."""
+    if not spec.weight_power or not dataset.weighted:
+        return None, None
+
+    def weights(gs: GeneSet | None) -> np.ndarray | None:
+        if gs is None or not gs.genes:
+            return None
+        w = dataset.read_matrix(gs.genes, [dataset.weight_column], files=gs.files)[0][:, 0].astype(np.float64)
+        return w ** float(spec.weight_power)
+
+    return weights(spec.fit), weights(spec.valid)
 
 
 def _target(codes: np.ndarray | None, cls: int) -> np.ndarray | None:
@@ -79,8 +97,9 @@ def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequen
     With ``cv`` (the same class's CV fits), the number of rounds is the mean of their best
     iterations (the final model trains on all genes without an early-stopping holdout).
     """
-    nthread = worker_threads()
+    nthread = fit_threads()
     x, y, xv, yv, mask = _fit_rows(dataset, features, spec)
+    w, wv = _fit_weights(dataset, spec)
     target = _target(y, spec.cls)
     n_estimators, esr = spec.n_estimators, spec.early_stopping_rounds
     if cv:
@@ -90,36 +109,44 @@ def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequen
         x, target, spec.params, n_estimators,
         x_valid=xv, y_valid=_target(yv, spec.cls),
         x_train_eval=None if mask is None else x[mask], y_train_eval=None if mask is None else target[mask],
-        early_stopping_rounds=esr, nthread=nthread, feature_names=features,
+        early_stopping_rounds=esr, nthread=nthread, feature_names=features, weight=w, weight_valid=wv,
+        weight_train_eval=None if w is None or mask is None else w[mask],
     )
     out.peak_rss = process_peak_rss()
     return out
 
 
-def run_fits(dataset: Dataset, features: Sequence[str], specs: Sequence[FitSpec]) -> list[FitOutput]:
+def run_fits(dataset: Dataset, features: Sequence[str], specs: Sequence[FitSpec],
+             cv: Sequence[Sequence[FitOutput]] | None = None) -> list[FitOutput]:
     """The one-vs-rest fits of ``specs`` (same rows, one class each), on one read and one quantisation.
 
     Each fit gives the same booster as :func:`run_fit` would (quantile cuts do not depend on the
     labels); the read and the quantisation are done once instead of once per class, and their
     time is shared among the fits' ``seconds``. The float32 matrix is freed before training.
+    ``cv`` (one list per spec: the same class's CV fits) sizes final fits as in :func:`run_fit`.
     """
     first = specs[0]
-    shared = (first.fit, first.valid, first.eval_genes, first.params.get("max_bin", 256))
-    if any((s.fit, s.valid, s.eval_genes, s.params.get("max_bin", 256)) != shared for s in specs):
-        raise ValueError("run_fits: the fits must share their genes and max_bin")
-    nthread = worker_threads()
+    shared = (first.fit, first.valid, first.eval_genes, first.params.get("max_bin", 256), first.weight_power)
+    if any((s.fit, s.valid, s.eval_genes, s.params.get("max_bin", 256), s.weight_power) != shared for s in specs):
+        raise ValueError("run_fits: the fits must share their genes, max_bin and weights")
+    nthread = fit_threads()
     x, y, xv, yv, mask = _fit_rows(dataset, features, first)
+    w, wv = _fit_weights(dataset, first)
     t0 = time.perf_counter()
     m = FitMatrices.build(x, x_valid=xv, x_train_eval=None if mask is None else x[mask],
-                          max_bin=shared[3], nthread=nthread)
+                          max_bin=shared[3], nthread=nthread, weight=w, weight_valid=wv,
+                          weight_train_eval=None if w is None or mask is None else w[mask])
     del x, xv
     setup = (time.perf_counter() - t0) / len(specs)
     outs = []
-    for s in specs:
+    for i, s in enumerate(specs):
         target = _target(y, s.cls)
-        out = fit_matrices(m, target, s.params, s.n_estimators, y_valid=_target(yv, s.cls),
+        n_estimators, esr = s.n_estimators, s.early_stopping_rounds
+        if cv and cv[i]:
+            n_estimators, esr = final_rounds(o.n_trees for o in cv[i]), 0
+        out = fit_matrices(m, target, s.params, n_estimators, y_valid=_target(yv, s.cls),
                            y_train_eval=None if mask is None else target[mask],
-                           early_stopping_rounds=s.early_stopping_rounds, nthread=nthread)
+                           early_stopping_rounds=esr, nthread=nthread)
         out.seconds += setup
         out.peak_rss = process_peak_rss()
         outs.append(out)
@@ -147,5 +174,5 @@ def run_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Se
     """Margins of one booster per class (``fits`` in class order) for a gene set's rows."""
     x, y, meta = read_rows(dataset, gs, features)
     boosters = [booster_from_bytes(f.booster) for f in fits]
-    margins = booster_margins(boosters, x, nthread=worker_threads())
+    margins = booster_margins(boosters, x, nthread=fit_threads())
     return margins_frame(meta, y, margins, dataset.gene_column, dataset.weight_column)
