@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metadask.errors import OutputError, option_error
+from metadask.io import atomic_write
 
 __all__ = ["DEFAULT_GENE_LENGTH", "LABELS", "LEAKY_COLUMNS", "NEAR_CONSTANT_COLUMNS",
            "UNLABELLED_DROPS", "dataset_schema", "make_dataset"]
@@ -657,25 +658,26 @@ def make_dataset(out: str | os.PathLike[str], n_genes: int = 1000, *, seed: int 
         schema = dataset_schema(ks, {k: sorted(v) for k, v in n_kmers.items()},
                                 labels=labels).with_metadata(meta)
         name = f"batch_{fi:05d}.parquet"
-        tmp = master / f".{name}.tmp"
-        try:
+
+        def write(tmp: str, genes: list[_Gene] = genes, schema: pa.Schema = schema) -> None:
             with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
                 for start in range(0, len(genes), _ROW_GROUP_GENES):
                     writer.write_table(_table(genes[start:start + _ROW_GROUP_GENES], schema, ks))
-            os.replace(tmp, master / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(master / name, write)
         for g in genes:
             counts = (int((g.labels == 1).sum()), int((g.labels == 2).sum())) if labels else ()
             manifest.append((g.gene_id, f"synth{g.index + 1}", name, len(g.positions), *counts))
         del genes
         if progress is not None:
             progress(fi + 1, n_files)
-    tmp = master / ".gene_manifest.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["gene_id", "gene_name", "file", "n_rows"]
-                   + (["n_donor", "n_acceptor"] if labels else []))
-        w.writerows(manifest)
-    os.replace(tmp, master / "gene_manifest.csv")
+
+    def write_manifest(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["gene_id", "gene_name", "file", "n_rows"]
+                       + (["n_donor", "n_acceptor"] if labels else []))
+            w.writerows(manifest)
+
+    atomic_write(master / "gene_manifest.csv", write_manifest)
     return master
