@@ -195,6 +195,76 @@ class StrategyChoice:
     genes_per_batch: int | None = None
     warning: str = ""
     """Set when a requested strategy's fits are expected to exceed the task budget."""
+    task_estimate: int = 0
+    """Estimated peak of the largest task the chosen strategy runs (``peak_estimate`` for ``single``, one batch's fit for ``batch-ensemble``)."""
+    concurrent_fits: int | None = None
+    """Fit tasks the smallest worker runs at once (``None``: not limited, for strategies without per-worker fit tasks)."""
+    nthread: int | None = None
+    """XGBoost threads per fit task on the smallest worker: its threads divided among its concurrent fits."""
+    concurrency: str = ""
+    """Why ``concurrent_fits`` is what it is (logged, recorded in the summary)."""
+
+
+#: Strategies whose training tasks are independent fits (one worker each), limited by the plan's concurrency rule.
+FIT_TASK_STRATEGIES = ("single", "batch-ensemble")
+
+
+def concurrent_fits(task_peak: int, *, threads: int, budget: int, held: int = 0) -> int:
+    """Fit tasks of ``task_peak`` bytes one worker can run at once within ``budget`` bytes (0..``threads``).
+
+    The worker process (:data:`TASK_BASE_BYTES`, or what the worker holds now if more) is
+    counted once; each concurrent task adds its peak beyond the process. A worker runs as many
+    tasks at once as it has threads, so ``threads`` is the most it can be.
+    """
+    per_task = max(1, int(task_peak) - TASK_BASE_BYTES)
+    room = int(budget) - max(int(held), TASK_BASE_BYTES)
+    return max(0, min(int(threads), room // per_task))
+
+
+def hard_limit(worker_memory: int, pause_fraction: float, held: int = 0) -> int:
+    """The most one task may reach on a worker before Dask pauses it: ``pause_fraction`` of the limit, less held memory."""
+    return int(worker_memory * pause_fraction) - max(0, int(held) - TASK_BASE_BYTES)
+
+
+def plan_concurrency(name: str, task_estimate: int, *, threads: int, worker_memory: int, memory_fraction: float,
+                     worker_held: int = 0, pause_fraction: float = 0.8) -> tuple[int | None, int | None, str]:
+    """(concurrent fits, XGBoost nthread per fit, reason) on a worker, for strategy ``name``.
+
+    A worker runs a task per thread; when that many fits of ``task_estimate`` bytes would not
+    fit in ``memory_fraction`` of its memory limit (less what it holds already), fewer run at
+    once and each gets the threads left over (``nthread = threads // concurrent``), so the
+    CPU stays busy and the memory bounded. Raises :class:`~metadask.errors.TrainingError`
+    when even one task would pass the worker's pause threshold.
+    """
+    from metadask.dataset.memory import format_bytes
+
+    if name not in FIT_TASK_STRATEGIES:
+        return None, None, ""
+    threads = max(1, int(threads))
+    budget = int(worker_memory * memory_fraction)
+    n = concurrent_fits(task_estimate, threads=threads, budget=budget, held=worker_held)
+    held_text = f", {format_bytes(worker_held)} held now" if worker_held > TASK_BASE_BYTES else ""
+    if n == 0:
+        hard = hard_limit(worker_memory, pause_fraction, worker_held)
+        if task_estimate > hard:
+            raise TrainingError(
+                f"A worker is too small to hold one training task: a {name} fit needs ~{format_bytes(task_estimate)}, "
+                f"more than the {format_bytes(hard)} the smallest worker's {format_bytes(worker_memory)} memory limit "
+                f"allows before Dask pauses it ({pause_fraction:.0%}{held_text}). Give workers more memory "
+                "(--memory-limit), lower --max-genes-per-batch with --strategy batch-ensemble, or add workers and use "
+                "--strategy auto.")
+        n = 1
+    nthread = max(1, threads // n)
+    if n < threads:
+        reason = (f"{n} concurrent fit{'s' if n > 1 else ''} per worker instead of {threads} (one per thread): "
+                  f"{threads} fits of ~{format_bytes(task_estimate)} would pass the {format_bytes(budget)} "
+                  f"({memory_fraction:.0%}) of the smallest worker's {format_bytes(worker_memory)} memory limit"
+                  f"{held_text}; each fit uses {nthread} XGBoost thread{'s' if nthread > 1 else ''}")
+    else:
+        reason = (f"{n} concurrent fit{'s' if n > 1 else ''} per worker (one per thread, ~{format_bytes(task_estimate)} "
+                  f"each, within {format_bytes(budget)} of the {format_bytes(worker_memory)} memory limit); "
+                  f"each fit uses {nthread} XGBoost thread{'s' if nthread > 1 else ''}")
+    return n, nthread, reason
 
 
 def choose_strategy(
@@ -208,18 +278,25 @@ def choose_strategy(
     max_genes_per_batch: int = 1200,
     train_all_genes: bool = False,
     max_bin: int = 256,
+    threads_per_worker: int = 1,
+    worker_held: int = 0,
+    pause_fraction: float = 0.8,
 ) -> StrategyChoice:
     """Pick the strategy, and say why, from the memory a fit needs and a worker offers.
 
-    The task budget is ``memory_fraction`` of the smallest worker's memory limit (capped by
-    ``max_memory_gb``). ``auto`` chooses ``single`` when one fit on every row fits in that
-    budget (by :func:`task_peak_bytes`), otherwise ``batch-ensemble`` with batches as large as
-    the budget allows (at most ``max_genes_per_batch`` genes). ``train_all_genes`` forces the
-    batch ensemble. ``genes_per_batch`` is set for every choice that trains batches.
+    The task budget is ``memory_fraction`` of the smallest worker's memory limit, less what
+    that worker holds beyond an idle process (``worker_held``), capped by ``max_memory_gb``.
+    ``auto`` chooses ``single`` when one fit on every row fits in that budget (by
+    :func:`task_peak_bytes`), otherwise ``batch-ensemble`` with batches as large as the budget
+    allows (at most ``max_genes_per_batch`` genes). ``train_all_genes`` forces the batch
+    ensemble. ``genes_per_batch`` is set for every choice that trains batches. The choice also
+    carries how many fits a worker of ``threads_per_worker`` threads runs at once and with how
+    many XGBoost threads each (:func:`plan_concurrency`); a plan whose one task would pass the
+    worker's pause threshold (``pause_fraction`` of its limit) raises :class:`TrainingError`.
     """
     from metadask.dataset.memory import format_bytes
 
-    budget = int(worker_memory * memory_fraction)
+    budget = int(worker_memory * memory_fraction) - max(0, int(worker_held) - TASK_BASE_BYTES)
     if max_memory_gb is not None:
         budget = min(budget, int(max_memory_gb * 2**30))
     hyper = {"max_bin": max_bin}
@@ -233,12 +310,22 @@ def choose_strategy(
     genes_per_batch = max(2, min(max_genes_per_batch, by_memory, index.n_genes))
     caps = {"memory": by_memory, "--max-genes-per-batch": max_genes_per_batch, "the number of genes": index.n_genes}
     limit = min(caps, key=lambda k: caps[k])
-    batch_text = f"batches of {genes_per_batch} genes (capped by {limit}; ~{format_bytes(task_peak_bytes(int(genes_per_batch * mean_rows), n_features, file_rows=file_rows, **hyper))} per fit)"
+    # a batch's fit: its share of the rows plus up to one gene of packing overshoot
+    batch_peak = task_peak_bytes(int(genes_per_batch * mean_rows) + biggest_gene, n_features, file_rows=file_rows, **hyper)
+    batch_text = f"batches of {genes_per_batch} genes (capped by {limit}; ~{format_bytes(batch_peak)} per fit)"
     if by_memory < 2:
         batch_text += (f"; even 2-gene batches exceed the {format_bytes(budget)} task budget: give workers more memory "
                        "(--memory-limit) or raise --max-memory-gb")
+    worker = {"threads": threads_per_worker, "worker_memory": worker_memory, "memory_fraction": memory_fraction,
+              "worker_held": worker_held, "pause_fraction": pause_fraction}
+
+    def chosen(name: str, reason: str, batches: int | None, warning: str = "") -> StrategyChoice:
+        task = peak if name == "single" else batch_peak
+        n, nthread, why = plan_concurrency(name, task, **worker)
+        return StrategyChoice(name, reason, budget, peak, batches, warning, task, n, nthread, why)
+
     if train_all_genes:
-        return StrategyChoice("batch-ensemble", f"forced by --train-all-genes; {batch_text}", budget, peak, genes_per_batch)
+        return chosen("batch-ensemble", f"forced by --train-all-genes; {batch_text}", genes_per_batch)
     if requested != "auto":
         warning = ""
         if requested == "single" and peak > budget:
@@ -246,18 +333,16 @@ def choose_strategy(
                        f"~{format_bytes(peak)}, more than the {format_bytes(budget)} task budget of the smallest "
                        "worker, so workers may pause or be restarted for memory; --strategy auto would train a batch "
                        f"ensemble ({batch_text})")
-        return StrategyChoice(requested, f"requested with --strategy {requested}", budget, peak,
-                              genes_per_batch if requested == "batch-ensemble" else None, warning)
+        return chosen(requested, f"requested with --strategy {requested}",
+                      genes_per_batch if requested == "batch-ensemble" else None, warning)
     if peak <= budget:
-        return StrategyChoice(
+        return chosen(
             "single",
             f"one fit on all {index.n_rows:,} rows x {n_features} features needs ~{format_bytes(peak)}, within the "
-            f"{format_bytes(budget)} task budget of the smallest worker",
-            budget, peak,
+            f"{format_bytes(budget)} task budget of the smallest worker", None,
         )
-    return StrategyChoice(
+    return chosen(
         "batch-ensemble",
         f"one fit on all {index.n_rows:,} rows x {n_features} features needs ~{format_bytes(peak)}, more than the "
-        f"{format_bytes(budget)} task budget of the smallest worker; {batch_text}",
-        budget, peak, genes_per_batch,
+        f"{format_bytes(budget)} task budget of the smallest worker; {batch_text}", genes_per_batch,
     )

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from metadask.dataset.index import GeneIndex
+from metadask.errors import TrainingError
 from metadask.plan import (
     TASK_BASE_BYTES,
     choose_strategy,
@@ -95,11 +96,15 @@ def test_an_explicit_strategy_is_kept_and_says_so():
 
 def test_a_requested_single_model_too_large_for_the_workers_is_warned_about():
     index = _index(10_000)
-    tight = choose_strategy("single", index=index, n_features=1_170, worker_memory=8 * GB, memory_fraction=0.6)
+    tight = choose_strategy("single", index=_index(700), n_features=1_170, worker_memory=8 * GB, memory_fraction=0.6,
+                            threads_per_worker=4)
     assert tight.name == "single" and tight.reason == "requested with --strategy single"
-    assert tight.peak_estimate > tight.task_budget
-    assert tight.warning.startswith("--strategy single: one fit on all 9,000,000 rows x 1170 features needs ~")
+    assert tight.task_budget < tight.peak_estimate < 0.8 * 8 * GB  # over the budget, under the pause threshold
+    assert tight.warning.startswith("--strategy single: one fit on all 630,000 rows x 1170 features needs ~")
     assert "--strategy auto would train a batch ensemble (batches of" in tight.warning
+    assert (tight.concurrent_fits, tight.nthread) == (1, 4)  # one fit at a time, with every thread
+    with pytest.raises(TrainingError, match=r"too small to hold one training task: a single fit needs ~.*--memory-limit"):
+        choose_strategy("single", index=index, n_features=1_170, worker_memory=8 * GB, memory_fraction=0.6)
     roomy = choose_strategy("single", index=_index(100), n_features=150, worker_memory=8 * GB, memory_fraction=0.6)
     assert roomy.name == "single" and roomy.warning == ""
     other = choose_strategy("batch-ensemble", index=index, n_features=1_170, worker_memory=8 * GB,
@@ -108,9 +113,35 @@ def test_a_requested_single_model_too_large_for_the_workers_is_warned_about():
 
 
 def test_a_worker_too_small_for_any_batch_is_named_in_the_reason():
-    choice = choose_strategy("auto", index=_index(100), n_features=1_170, worker_memory=GB // 2, memory_fraction=0.6)
+    # 2-gene batches (~550 MiB) exceed 60 % of 720 MiB but stay under the 80 % pause threshold: trained, one at a time
+    choice = choose_strategy("auto", index=_index(100), n_features=1_170, worker_memory=720 * 2**20, memory_fraction=0.6,
+                             threads_per_worker=2)
     assert choice.name == "batch-ensemble" and choice.genes_per_batch == 2
     assert "even 2-gene batches exceed" in choice.reason
+    assert choice.concurrent_fits == 1 and choice.nthread == 2
+
+
+def test_a_worker_too_small_for_one_task_is_refused_before_training():
+    with pytest.raises(TrainingError, match=r"too small to hold one training task: a batch-ensemble fit needs ~.* "
+                                            r"512.0 MiB memory limit"):
+        choose_strategy("auto", index=_index(100), n_features=1_170, worker_memory=GB // 2, memory_fraction=0.6)
+
+
+@pytest.mark.parametrize(("threads", "memory", "held", "expected"), [
+    (4, 16 * GB, 0, (4, 1)),            # roomy: one fit per thread, one XGBoost thread each
+    (4, 4 * GB, 0, (2, 2)),             # two ~1.1 GiB fits fit in 60 % of 4 GiB: two at once, two threads each
+    (4, 2 * GB, 0, (1, 4)),             # one at a time, with every thread
+    (4, 4 * GB, 2 * GB, (1, 4)),        # the worker already holds 2 GiB: room for one
+])
+def test_the_plan_runs_fewer_concurrent_fits_when_a_worker_cannot_hold_one_per_thread(threads, memory, held, expected):
+    from metadask.plan import plan_concurrency
+
+    task = TASK_BASE_BYTES + 800 * 2**20
+    n, nthread, why = plan_concurrency("single", task, threads=threads, worker_memory=memory, memory_fraction=0.6,
+                                       worker_held=held)
+    assert (n, nthread) == expected
+    assert ("instead of 4 (one per thread)" in why) == (n < threads)
+    assert plan_concurrency("distributed", task, threads=threads, worker_memory=memory, memory_fraction=0.6) == (None, None, "")
 
 
 # -- on real LocalClusters with different memory limits ---------------------------------------

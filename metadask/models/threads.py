@@ -21,6 +21,29 @@ def worker_threads(default: int = 1) -> int:
         return default
 
 
+FIT_RESOURCE = "metadask-fit"
+"""Dask worker resource: how many fit tasks a worker runs at once (the plan's concurrency rule)."""
+
+
+def fit_threads(default: int = 1) -> int:
+    """XGBoost threads of a fit task: the worker's threads shared among the fits it runs at once.
+
+    A worker given ``n`` :data:`FIT_RESOURCE` slots by the plan runs at most ``n`` fits at a
+    time, each with ``threads // n`` threads, so the fits together never use more threads than
+    the worker has. Without the resource (strategies without the rule, off the plan) this is
+    :func:`worker_threads`.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        threads = int(worker.state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return default
+    slots = int(worker.state.total_resources.get(FIT_RESOURCE, 0) or 0)
+    return max(1, threads // slots) if slots > 0 else threads
+
+
 @contextlib.contextmanager
 def limit_threads() -> Iterator[None]:
     """Limit OpenMP and XGBoost to this worker's threads: no oversubscription under contention.
