@@ -155,16 +155,52 @@ def test_metadask_inspect_of_a_missing_s3_prefix_exits_2_with_one_line(s3_url, s
     assert "Traceback" not in result.output
 
 
-# ~40 s on a shared 2-core machine: slow
-@pytest.mark.slow
-def test_training_reads_an_s3_dataset_on_the_workers(client, s3_url, storage_options, tmp_path):
-    import metadask
+@pytest.fixture(scope="module")
+def small_s3(s3_endpoint, tmp_path_factory) -> tuple[str, Path]:
+    """A 12-gene, 1-mer dataset uploaded to ``s3://BUCKET/datasets/small``: (url, local copy)."""
+    import boto3
 
+    from metadask.testing import make_dataset
+
+    local = tmp_path_factory.mktemp("s3-small") / "small"
+    make_dataset(local, 12, seed=5, genes_per_file=4, kmer_sizes=(1,))
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                      region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    for f in sorted((local / "master").iterdir()):
+        s3.upload_file(str(f), BUCKET, f"datasets/small/master/{f.name}")
+    return f"s3://{BUCKET}/datasets/small", local
+
+
+# ~20-40 s on a shared 2-core machine: train and predict, both reading on the workers from the moto server
+def test_training_and_prediction_read_an_s3_dataset_on_the_workers(client, small_s3, storage_options, tmp_path):
+    import numpy as np
+
+    import metadask
+    from metadask.inference import predict_dataset
+
+    s3_url, local_dataset = small_s3
     result = metadask.train(s3_url, tmp_path / "run", client=client, storage_options=storage_options,
-                            n_folds=2, n_estimators=10, analysis=False)
+                            n_folds=2, n_estimators=5, analysis=False)
     assert (tmp_path / "run" / "model").is_dir()
-    assert len(result.oof) == open_dataset(s3_url, storage_options=storage_options).schema.n_rows
+    n_rows = open_dataset(s3_url, storage_options=storage_options).schema.n_rows
+    assert len(result.oof) == n_rows
     summary = (tmp_path / "run" / "training_summary.txt").read_text()
     assert KEY not in summary and SECRET not in summary  # credentials never reach the artifacts
     assert not any(SECRET in p.read_text(errors="ignore") for p in (tmp_path / "run").rglob("*") if p.is_file()
                    and p.suffix in (".json", ".txt", ".csv", ".md", ".yaml"))
+
+    written = predict_dataset(tmp_path / "run" / "model", s3_url, tmp_path / "pred", client=client,
+                              storage_options=storage_options)
+    assert written == n_rows
+    preds = pd.read_parquet(tmp_path / "pred")
+    local = pd.concat([pd.read_parquet(f) for f in sorted((local_dataset / "master").glob("*.parquet"))])
+    keys = ["gene_id", "position"]
+    probs = ["prob_neither", "prob_donor", "prob_acceptor"]
+    merged = preds[keys + probs].merge(local, on=keys, how="inner", validate="one_to_one")
+    assert len(merged) == n_rows
+    model = metadask.load_model(tmp_path / "run" / "model")
+    expected = model.predict_proba(merged)
+    np.testing.assert_allclose(merged[probs].to_numpy(), expected,
+                               rtol=1e-6, atol=1e-9)
