@@ -175,27 +175,32 @@ class Dataset:
         unknown = [c for c in wanted if c not in self.schema.columns]
         if unknown:
             raise DatasetError(f"Columns not in the dataset: {preview(unknown)}.")
-        drift = self.schema.drift
-        lacking = [c for c in wanted if file in drift.get(c, ())]
-        present = [c for c in wanted if c not in lacking]
-        filters = None
-        if genes is not None:
-            filters = self._gene_filter(genes)
-            if self.gene_column not in present:
-                present.append(self.gene_column)
+        filters = None if genes is None else self._gene_filter(genes)
+        read = wanted if genes is None else list(dict.fromkeys([*wanted, self.gene_column]))
+        df = self._read_table(file, read, filters).to_pandas()
+        return df[wanted]
+
+    def _read_table(self, file: str, columns: Sequence[str], filters: pc.Expression | None = None) -> pa.Table:
+        """``columns`` of one file (the rows passing ``filters``) as an arrow table, in that order.
+
+        The one place the union schema is applied to a file: k-mer columns the file lacks
+        (schema drift) come back as zeros (one shared float64 zero column). A file that cannot
+        be decoded is a :class:`DatasetError`.
+        """
+        names = list(dict.fromkeys(columns))
+        lacking = {c for c in names if file in self.schema.drift.get(c, ())}
         try:
             with self.fs.open(_strip(self.fs, file), "rb") as fh:
-                table = pq.read_table(fh, columns=present, filters=filters)
+                table = pq.read_table(fh, columns=[c for c in names if c not in lacking], filters=filters)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise DatasetError(
                 f"Cannot read '{file}': {str(exc).splitlines()[0]}. The file may be truncated or corrupt; "
                 "regenerate it."
             ) from exc
-        df = table.to_pandas()
-        if lacking:
-            zeros = pd.DataFrame(np.zeros((len(df), len(lacking))), columns=lacking, index=df.index)
-            df = pd.concat([df, zeros], axis=1)
-        return df[wanted] if columns is not None else df[[c for c in self.schema.columns]]
+        if not lacking:
+            return table.select(names)
+        zeros = pa.array(np.zeros(table.num_rows))
+        return pa.table({c: zeros if c in lacking else table.column(c) for c in names})
 
     def read_genes(
         self,
@@ -252,16 +257,9 @@ class Dataset:
                 continue
             rows = dest[start : start + n]
             start += n
-            lacking = set(self.schema.drift) & set(features)
-            lacking = {c for c in lacking if f in self.schema.drift[c]}
-            present = [c for c in features if c not in lacking]
-            with self.fs.open(_strip(self.fs, f), "rb") as fh:
-                table = pq.read_table(fh, columns=list(dict.fromkeys(present + meta_cols)), filters=gene_filter)
+            table = self._read_table(f, [*features, *meta_cols], gene_filter)
             for j, c in enumerate(features):
-                if c in lacking:
-                    x[rows, j] = 0.0
-                else:
-                    x[rows, j] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                x[rows, j] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
             part = table.select(meta_cols).to_pandas()
             part.index = rows
             frames.append(part)

@@ -216,13 +216,10 @@ def screen_block(
     codes = np.empty(expected_rows, dtype=np.int8)
     halves = np.empty(expected_rows, dtype=np.int8)
     hashers = [new_digest() for _ in columns]
-    drift = dataset.schema.drift
     pos = 0
     for file in files:
-        # k-mer columns this file lacks count 0 there: fill them here rather than asking
-        # read_file to add them one by one to the frame
-        lacking = {c for c in columns if file in drift.get(c, ())}
-        df = dataset.read_file(file, [label, gene, *(c for c in columns if c not in lacking and c != gene)], genes)
+        # k-mer columns this file lacks come back as 0 (schema drift, applied by the dataset)
+        df = dataset.read_file(file, [label, gene, *(c for c in columns if c != gene)], genes)
         m = len(df)
         if pos + m > expected_rows:
             raise DatasetError(
@@ -232,7 +229,7 @@ def screen_block(
         codes[pos:pos + m] = encode_labels(df[label], label)
         halves[pos:pos + m] = gene_halves(df[gene].astype(str).to_numpy())
         for j, c in enumerate(columns):
-            raw = np.zeros(m) if c in lacking else to_float64(df[c])
+            raw = to_float64(df[c])
             hashers[j].update(canonical(raw).tobytes())
             with np.errstate(over="ignore"):
                 x[pos:pos + m, j] = raw
