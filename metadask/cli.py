@@ -88,11 +88,11 @@ TRAIN_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "worker_wait_timeout", "performance_report", "cluster", "k8s_image", "k8s_workers", "k8s_worker_memory",
                  "k8s_namespace")),
     ("Plan and strategy", ("strategy", "n_folds", "seed", "valid_size", "max_memory_gb", "train_all_genes",
-                           "max_genes_per_batch", "ensemble_method", "ensemble_cv", "settings")),
+                           "max_genes_per_batch", "ensemble_method", "ensemble_cv", "final_model", "settings")),
     ("Screening", ("screening_sample", "leakage_threshold", "leakage_auc", "default_exclusions", "leakage_policy",
                    "max_missing", "exclude_features", "keep_features", "screening_from")),
     ("Model (boosted strategies)", ("n_estimators", "learning_rate", "max_depth", "subsample", "colsample_bytree", "max_bin",
-                                    "early_stopping_rounds")),
+                                    "early_stopping_rounds", "device")),
     ("Calibration", ("calibrate_per_class", "calib_method")),
     ("Analysis", ("shap_sample", "skip_shap", "skip_plots", "no_analysis")),
     ("Logging", ("verbose", "help")),
@@ -246,6 +246,8 @@ def _cluster_options(f):
               help="Per-row inverse inclusion probability (metadata) [default: sample_weight when present].")
 @click.option("--tree-weight-power", type=float, default=0.5, show_default=True,
               help="Weighted data: rows enter the trees with weight sample_weight ** POWER (0 unweighted, 1 full).")
+@click.option("--hard-negative-rounds", type=int, default=0, show_default=True,
+              help="Full-body training data: rounds of adding the hardest unsampled negatives, then refitting.")
 @click.option("--full-body-sampling/--no-full-body-sampling", default=True, show_default=True,
               help="A full-body training dataset is sampled by the library (weights = 1 / inclusion probability).")
 @click.option("--sampling", "sampling", multiple=True, metavar="RULE=VALUE",
@@ -262,6 +264,10 @@ def _cluster_options(f):
 @click.option("--valid-size", type=float, default=0.1, show_default=True, help="Fraction of training genes held out per fold.")
 @click.option("--calibrate-per-class/--no-calibration", default=True, show_default=True)
 @click.option("--calib-method", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True)
+@click.option("--final-model", type=click.Choice(["refit", "cv-ensemble"]), default="refit", show_default=True,
+              help="refit: three fits on every gene; cv-ensemble: the CV fold models averaged (no refit, fewer CPU-seconds).")
+@click.option("--device", default="cpu", show_default=True,
+              help="XGBoost device of fits, prediction and SHAP: cpu, cuda or cuda:N (a local cluster needs dask-cuda).")
 @click.option("--train-all-genes", is_flag=True, help="Force the batch ensemble (compatibility with the older tool).")
 @click.option("--max-genes-per-batch", type=int, default=1200, show_default=True)
 @click.option("--max-memory-gb", type=float, default=None, help="Cap on one training task's memory.")

@@ -101,6 +101,9 @@ class TrainConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     # rows of a weighted dataset enter the trees with weight sample_weight ** tree_weight_power
     tree_weight_power: float = 0.5
+    # hard-negative mining rounds on full-body training data (rules: metadask.mining.MiningRules)
+    hard_negative_rounds: int = 0
+    mining: dict[str, Any] = field(default_factory=dict)
     # model
     n_folds: int = 5
     n_estimators: int = 800
@@ -188,6 +191,8 @@ class TrainConfig:
         need(isinstance(self.tree_weight_power, (int, float)) and not isinstance(self.tree_weight_power, bool)
              and 0 <= self.tree_weight_power <= 1, "tree_weight_power", "must be in [0, 1]",
              "Use e.g. --tree-weight-power 0.5 (0: unweighted trees, 1: full inverse inclusion weights).")
+        need(is_int(self.hard_negative_rounds) and 0 <= self.hard_negative_rounds <= 10, "hard_negative_rounds",
+             "must be an integer in 0..10", "Use e.g. --hard-negative-rounds 1.")
         need(not (self.overwrite and self.resume), "resume", "cannot be combined with --overwrite", "Pass one of --resume and --overwrite.")
         return self
 

@@ -24,7 +24,7 @@ from metadask.dataset.index import build_gene_index
 from metadask.dataset.memory import format_bytes, matrix_bytes
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset, open_dataset
-from metadask.errors import OutputError, TrainingError
+from metadask.errors import ConfigError, OutputError, TrainingError
 from metadask.io import write_csv, write_parquet, write_text
 from metadask.journal import Journal
 from metadask.models.base import sigmoid
@@ -178,7 +178,7 @@ def train(
         eval_ds = open_dataset(config.eval_dataset, storage_options=config.storage_options, label_column=config.label_column,
                                gene_column=config.gene_column, metadata_columns=config.metadata_columns)
     out = prepare_out_dir(out_dir, overwrite=config.overwrite, resume=config.resume)
-    with connect(client=client, **cluster_options) as c, c.as_current():
+    with connect(client=client, device=config.device, **cluster_options) as c, c.as_current():
         spec = describe(c)
         if spec.dashboard:
             log.info("Dask dashboard: %s", spec.dashboard)
@@ -196,8 +196,9 @@ def train(
         log.info("Dataset %s: %d genes, %s rows, %d files, %d candidate features", ds.url, index.n_genes,
                  f"{index.n_rows:,}", len(ds.files), len(ds.schema.feature_columns))
         check_classes(index, index.genes, "the training data")
-        folds = assign_folds(index, config.n_folds, config.seed)
-        fold_plans = plan_folds(index, folds, valid_size=config.valid_size, seed=config.seed)
+        if config.hard_negative_rounds and full is None:
+            raise ConfigError("--hard-negative-rounds needs a full-body training dataset (every position of each gene, "
+                              "see `metadask inspect`): it mines the negatives the library's sample left out.")
 
         t = time.perf_counter()
         screening = _screen(ds, index, config, c, out)
@@ -210,46 +211,12 @@ def train(
 
             check_eval_dataset(eval_ds, features)  # before training: a bad --eval-dataset fails now
 
-        choice = choose_strategy(
-            config.strategy, index=index, n_features=len(features), worker_memory=spec.min_memory,
-            memory_fraction=float(setting("task-memory-fraction")), max_memory_gb=config.max_memory_gb,
-            max_genes_per_batch=config.max_genes_per_batch, train_all_genes=config.train_all_genes,
-            max_bin=config.max_bin, **plan_inputs(c),
-        )
-        strategy_cls = get_strategy(choice.name)
-        log.info("Strategy: %s (%s)", choice.name, choice.reason)
-        if choice.warning:
-            log.warning(choice.warning)
-        ignored = ignored_options(config, strategy_cls)
-        if ignored:  # never drop a user's option silently
-            log.warning("%s: not used by the %s strategy; ignored.", ", ".join(ignored), choice.name)
-        if choice.concurrency:
-            log.info("Concurrency: %s", choice.concurrency)
-        else:
-            log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
-        ctx = TrainContext(
-            client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(screening.excluded),
-            folds=folds, fold_plans=fold_plans, cluster=spec, journal=Journal(out / "journal", config.resume),
-            plan={"choice": choice, "matrix_bytes": matrix_bytes(index, len(features)),
-                  "resources": apply_fit_slots(c, choice)},
-        )
-        strategy = strategy_cls(config)
-        if ds.weighted and config.tree_weight_power > 0 and not strategy_cls.supports_row_weights:
-            log.warning("Strategy '%s' fits unweighted trees: the rows' inclusion weights are used for calibration and "
-                        "thresholds only (--tree-weight-power applies to single and batch-ensemble).", choice.name)
-        elif ds.weighted:
-            log.info("Rows carry inclusion weights (%s): trees weighted by weight ** %g, calibration by the full weights",
-                     ds.weight_column, config.tree_weight_power)
-        t = time.perf_counter()
-        with lost_to_memory(ctx):
-            result = strategy.fit(ctx)
-        timings["training"] = time.perf_counter() - t
-        if ctx.journal is not None and ctx.journal.reused:
-            log.info("--resume reused %d finished fits: %s", len(ctx.journal.reused), ", ".join(ctx.journal.reused))
-        result.reason = choice.reason
-        result.details.setdefault("strategy_label", strategy.describe(ctx))
-        _check_oof(result, index.n_rows)
-        calibrate(result, config)
+        result, ctx = _fit_round(ds, index, features, dict(screening.excluded), config, c, spec, Journal(out / "journal", config.resume),
+                                 timings, "training")
+        for r in range(1, config.hard_negative_rounds + 1):
+            ds, index = _mine(full, ds, index, result, config, c, out, r)
+            result, ctx = _fit_round(ds, index, features, dict(screening.excluded), config, c, spec,
+                                     Journal(out / "journal" / f"round{r}", config.resume), timings, f"training_round{r}")
         result.fold_metrics = _with_fit_columns(fold_metrics(result.oof), result)
         result.out_dir = str(out)
         result.timings = timings
@@ -279,6 +246,67 @@ def train(
         (out / INCOMPLETE_MARKER).unlink()
     log.info(result.headline())
     return result
+
+
+def _fit_round(ds: Dataset, index, features: list[str], excluded: dict[str, str], config: TrainConfig, c, spec,
+               journal: Journal, timings: dict[str, float], timing_key: str) -> tuple[TrainingResult, TrainContext]:
+    """Plan, fit and calibrate once on ``ds`` (each hard-negative mining round calls it again)."""
+    folds = assign_folds(index, config.n_folds, config.seed)
+    fold_plans = plan_folds(index, folds, valid_size=config.valid_size, seed=config.seed)
+    choice = choose_strategy(
+        config.strategy, index=index, n_features=len(features), worker_memory=spec.min_memory,
+        memory_fraction=float(setting("task-memory-fraction")), max_memory_gb=config.max_memory_gb,
+        max_genes_per_batch=config.max_genes_per_batch, train_all_genes=config.train_all_genes,
+        max_bin=config.max_bin, **plan_inputs(c),
+    )
+    strategy_cls = get_strategy(choice.name)
+    log.info("Strategy: %s (%s)", choice.name, choice.reason)
+    if choice.warning:
+        log.warning(choice.warning)
+    ignored = ignored_options(config, strategy_cls)
+    if ignored:  # never drop a user's option silently
+        log.warning("%s: not used by the %s strategy; ignored.", ", ".join(ignored), choice.name)
+    if choice.concurrency:
+        log.info("Concurrency: %s", choice.concurrency)
+    else:
+        log.info("XGBoost nthread follows each worker's threads (%s)", "/".join(map(str, sorted(set(spec.threads)))))
+    ctx = TrainContext(
+        client=c, dataset=ds, index=index, config=config, features=features, excluded=dict(excluded),
+        folds=folds, fold_plans=fold_plans, cluster=spec, journal=journal,
+        plan={"choice": choice, "matrix_bytes": matrix_bytes(index, len(features)),
+              "resources": apply_fit_slots(c, choice)},
+    )
+    strategy = strategy_cls(config)
+    if ds.weighted and config.tree_weight_power > 0 and not strategy_cls.supports_row_weights:
+        log.warning("Strategy '%s' fits unweighted trees: the rows' inclusion weights are used for calibration and "
+                    "thresholds only (--tree-weight-power applies to single and batch-ensemble).", choice.name)
+    elif ds.weighted:
+        log.info("Rows carry inclusion weights (%s): trees weighted by weight ** %g, calibration by the full weights",
+                 ds.weight_column, config.tree_weight_power)
+    t = time.perf_counter()
+    with lost_to_memory(ctx):
+        result = strategy.fit(ctx)
+    timings[timing_key] = time.perf_counter() - t
+    if ctx.journal is not None and ctx.journal.reused:
+        log.info("--resume reused %d finished fits: %s", len(ctx.journal.reused), ", ".join(ctx.journal.reused))
+    result.reason = choice.reason
+    result.details.setdefault("strategy_label", strategy.describe(ctx))
+    _check_oof(result, index.n_rows)
+    calibrate(result, config)
+    return result, ctx
+
+
+def _mine(full, ds: Dataset, index, result: TrainingResult, config: TrainConfig, client, out: Path,
+          round_: int) -> tuple[Dataset, Any]:
+    """One hard-negative mining round: the next sample (``out/sampled_round{r}``) and its index."""
+    from metadask.mining import MiningRules, mine_round
+
+    target = out / f"sampled_round{round_}"
+    mine_round(full[0], full[1], ds, index, result.model, target, sampling=sampling_rules(config), seed=config.seed,
+               rules=MiningRules(**dict(config.mining)), round_=round_, client=client)
+    mined = open_dataset(target, storage_options={}, label_column=config.label_column, gene_column=config.gene_column,
+                         metadata_columns=config.metadata_columns)
+    return mined, build_gene_index(mined, cache=out / "cache" / f"sampled_round{round_}_gene_index.parquet")
 
 
 def sample_full_body(ds: Dataset, index, config: TrainConfig, client, out: Path) -> Dataset:

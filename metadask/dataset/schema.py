@@ -49,9 +49,14 @@ METADATA_COLUMNS: frozenset[str] = frozenset(
         *LEAKY_METADATA,
         # per-row weight of a sampled dataset: 1 / the row's inclusion probability
         "sample_weight",
+        # the hard-negative mining round that added a row (0: the sampling rules kept it)
+        "mined_round",
     }
 )
 """Identifier, location and bookkeeping columns: never used as features."""
+
+MINED_COLUMN = "mined_round"
+"""Hard-negative mining round that added a row to a library sample (metadata; see metadask.mining)."""
 
 WEIGHT_COLUMN = "sample_weight"
 """Inverse inclusion probability of a row sampled from a full body (metadata, never a feature)."""
