@@ -29,8 +29,6 @@ from distributed import LocalCluster
 
 import metadask
 
-pytestmark = pytest.mark.slow
-
 METADASK = str(Path(sys.executable).with_name("metadask"))
 FLAGS = ["--n-folds", "3", "--n-estimators", "20", "--seed", "5", "--no-analysis", "--strategy", "single"]
 CV_KEYS = {f"cv-f{f}-{c}" for f in range(3) for c in ("neither", "donor", "acceptor")}

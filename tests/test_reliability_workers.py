@@ -30,13 +30,11 @@ from distributed import Client, LocalCluster
 import metadask
 from metadask.cluster import workers_info
 
-pytestmark = pytest.mark.slow
-
 STRATEGIES = ["single", "batch-ensemble"]
 OPTIONS = {
-    "single": {"n_folds": 2, "n_estimators": 20, "seed": 5, "analysis": False},
+    "single": {"n_folds": 2, "n_estimators": 10, "seed": 5, "analysis": False},
     # 20 genes, <= 10 per batch: two members, leave-batch-out CV (6 member fits)
-    "batch-ensemble": {"n_folds": 2, "n_estimators": 20, "seed": 5, "analysis": False, "max_genes_per_batch": 10},
+    "batch-ensemble": {"n_folds": 2, "n_estimators": 10, "seed": 5, "analysis": False, "max_genes_per_batch": 10},
 }
 N_FITS = {"single": 2 * 3 + 3, "batch-ensemble": 2 * 3}
 PROBS = ["prob_neither", "prob_donor", "prob_acceptor", "margin_neither", "margin_donor", "margin_acceptor"]
@@ -162,6 +160,7 @@ def test_a_run_survives_a_killed_worker_and_predicts_exactly_what_a_fault_free_r
     assert result.oof[PROBS].notna().all().all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_same_seed_gives_bitwise_identical_models_and_predictions_on_one_and_two_workers(
         strategy: str, data: Path, references, tmp_path: Path) -> None:
@@ -177,6 +176,7 @@ def test_the_same_seed_gives_bitwise_identical_models_and_predictions_on_one_and
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_different_seed_gives_different_models(data: Path, nanny_client: Client, references, tmp_path: Path) -> None:
     """The determinism checks can fail: the seed really reaches the fits."""
     strategy = "single"
