@@ -28,6 +28,7 @@ EXPECTED_KEYS = {
     "inference": {"rows", "n_estimators", "models", "frame_to_matrix_rows_per_s", "scan"},
     "growth": {"sizes", "strategies", "runs"},
     "shared_reads": {"median_seconds", "worker_peak_rss", "speedup", "identical_boosters"},
+    "full_body": {"options", "targets", "real", "synthetic"},
 }
 
 
@@ -105,7 +106,20 @@ def check_shared_reads(data: dict) -> None:
     assert len(data["trees"]) == 3
 
 
-CHECKS = {"real_data": check_real_data, "inference": check_inference, "growth": check_growth,
+def check_full_body(data: dict) -> None:
+    rows = {r["workflow"]: r for r in data["synthetic"]["rows"]}
+    assert set(rows) == {"base", "library", "mining"}
+    for r in rows.values():
+        for key in ("f1_at_0.5", "f1_at_threshold", "best_f1", "ap_donor", "ap_acceptor", "topk_donor", "topk_acceptor",
+                    "fp_per_10kb"):
+            assert 0 <= r[key] <= (1 if key != "fp_per_10kb" else 1e4), (r["workflow"], key)
+    assert rows["library"]["client_peak_rss"] > 0 and rows["library"]["worker_peak_rss"] > 0
+    assert rows["library"]["positions"] == rows["mining"]["positions"]  # both judged on every position
+    pred = data["synthetic"]["prediction"]
+    assert pred["rows"] == rows["library"]["positions"] and pred["ratio"] > 0
+
+
+CHECKS = {"real_data": check_real_data, "full_body": check_full_body, "inference": check_inference, "growth": check_growth,
           "shared_reads": check_shared_reads}
 
 
