@@ -81,8 +81,9 @@ _OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.E
 
 
 TRAIN_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Data", ("dataset", "label_column", "gene_column", "metadata_columns", "weight_column", "storage", "eval_dataset",
-              "full_body_sampling", "sampling")),
+    ("Data", ("dataset", "label_column", "gene_column", "metadata_columns", "weight_column", "storage")),
+    ("Full bodies: evaluation, sampling, mining", ("eval_dataset", "full_body_sampling", "sampling", "tree_weight_power",
+                                                   "hard_negative_rounds")),
     ("Output", ("out_dir", "overwrite", "resume")),
     ("Cluster", ("scheduler", "n_workers", "threads_per_worker", "memory_limit", "connect_timeout", "min_workers",
                  "worker_wait_timeout", "performance_report", "cluster", "k8s_image", "k8s_workers", "k8s_worker_memory",
