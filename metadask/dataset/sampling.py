@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metadask.dataset.index import GeneIndex, build_gene_index, check_genes
+from metadask.dataset.rows import gene_partitions
 from metadask.dataset.schema import WEIGHT_COLUMN, encode_labels, gene_keys
 from metadask.dataset.source import Dataset, _read_footer, open_dataset
 from metadask.errors import DatasetError, OutputError, option_error, preview
@@ -285,27 +286,6 @@ def _output_schema(dataset: Dataset, weight_column: str) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _gene_groups(index: GeneIndex, genes: Sequence[str], max_rows: int) -> list[tuple[list[str], list[str]]]:
-    """(genes, files) per task: genes held by the same files, in runs of <= ``max_rows`` rows."""
-    table = index.table.loc[sorted(genes), ["files", "n_rows"]]
-    by_files: dict[tuple[int, ...], list[tuple[str, int]]] = {}
-    for gene, fs, n in zip(table.index, table["files"], table["n_rows"]):
-        by_files.setdefault(tuple(fs), []).append((str(gene), int(n)))
-    out = []
-    for fs, members in sorted(by_files.items()):
-        paths = [index.files[i] for i in fs]
-        run: list[str] = []
-        rows = 0
-        for gene, n in members:
-            if run and rows + n > max_rows:
-                out.append((run, paths))
-                run, rows = [], 0
-            run.append(gene)
-            rows += n
-        out.append((run, paths))
-    return out
-
-
 def _sample_part(dataset: Dataset, genes: list[str], files: list[str], rules: SamplingRules,
                  seed: int, path: str, schema: pa.Schema, weight_column: str) -> pd.DataFrame:
     """Worker task: read ``genes``, sample them, write ``path``; return per-gene counts."""
@@ -417,7 +397,7 @@ def write_sampled_dataset(dataset: str | os.PathLike[str] | Dataset, out_dir: st
                     ds.url, int(index.contiguous.sum()), index.n_genes)
     wanted = index.genes if genes is None else sorted(set(map(str, genes)))
     check_genes(index, wanted)
-    groups = _gene_groups(index, wanted, max_rows_per_task)
+    groups = [(list(gs.genes), list(gs.files)) for gs, _ in gene_partitions(index, wanted, max_rows_per_task)]
     out = pathlib.Path(out_dir)
     tmp = _prepare(out, overwrite)
     schema = _output_schema(ds, WEIGHT_COLUMN)
