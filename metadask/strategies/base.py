@@ -170,7 +170,7 @@ class TrainContext:
             part = results[position[fut.key]] = self.result(fut, task_name(fut.key))
             if len(futures) <= 1:
                 continue
-            rows = f", {len(part):,} rows" if hasattr(part, "__len__") and not isinstance(part, (str, bytes)) else ""
+            rows = f", {len(part):,} rows" if isinstance(part, pd.DataFrame) else ""
             log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
         return results
 

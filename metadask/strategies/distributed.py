@@ -402,5 +402,5 @@ class DistributedStrategy(Strategy):
                 futures.append(client.submit(run_predict, ctx.dataset, ctx.features, gs, fits_future,
                                              key=f"metadask-dxgb-oof-f{fp.fold}-{i}-{id(ctx)}", retries=2))
                 folds.append(fp.fold)
-        parts = client.gather(futures)
+        parts = ctx.gather_logged(futures, "out-of-fold predictions")
         return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)

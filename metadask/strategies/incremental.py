@@ -290,7 +290,7 @@ class IncrementalStrategy(Strategy):
             sub = {g: folds[g] for g in gs.genes}
             futures.append(ctx.client.submit(_partition_moments, ctx.dataset, gs, ctx.features, sub, pure=False, retries=2))
         per_fold: dict[int, Moments] = {}
-        for part in ctx.client.gather(futures):
+        for part in ctx.gather_logged(futures, "standardisation partitions"):
             for f, m in part.items():
                 per_fold[f] = per_fold[f].merge(m) if f in per_fold else m
         n = len(ctx.features)
@@ -314,7 +314,7 @@ class IncrementalStrategy(Strategy):
             for gs, _ in gene_partitions(ctx.index, fp.test, max_rows):
                 futures.append(ctx.client.submit(_linear_predict, ctx.dataset, ctx.features, gs, model, pure=False, retries=2))
                 folds.append(fp.fold)
-        parts = ctx.client.gather(futures)
+        parts = ctx.gather_logged(futures, "out-of-fold predictions")
         return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)
 
 
