@@ -254,6 +254,11 @@ def plan_concurrency(name: str, task_estimate: int, *, threads: int, worker_memo
                 "(--memory-limit), lower --max-genes-per-batch with --strategy batch-ensemble, or add workers and use "
                 "--strategy auto.")
         n = 1
+        nthread = threads
+        return n, nthread, (
+            f"1 fit at a time per worker, with {nthread} XGBoost thread{'s' if nthread > 1 else ''}: one fit of "
+            f"~{format_bytes(task_estimate)} is over the {format_bytes(budget)} ({memory_fraction:.0%}) task budget of "
+            f"the smallest worker's {format_bytes(worker_memory)} memory limit{held_text}, but under its pause threshold")
     nthread = max(1, threads // n)
     if n < threads:
         reason = (f"{n} concurrent fit{'s' if n > 1 else ''} per worker instead of {threads} (one per thread): "

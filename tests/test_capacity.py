@@ -9,6 +9,7 @@ worker forced over its memory ends the run with one line and exit status 2, afte
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -96,3 +97,92 @@ def test_a_four_thread_worker_that_cannot_hold_four_fits_runs_one_at_a_time_with
     assert not status.paused, f"paused: {status.paused}"
     assert len(status.seen) == 1, f"a worker was restarted: {status.seen}"
     assert result.fits["peak_rss"].max() < 0.8 * 700 * MiB
+
+
+# -- never a silent wait ---------------------------------------------------------------------
+def _ctx_like(client: Client):
+    """What the watchdog and the error messages read of a TrainContext: the plan and the cluster."""
+    from types import SimpleNamespace
+
+    from metadask.cluster import describe
+
+    return SimpleNamespace(plan={}, cluster=describe(client))
+
+
+def test_a_worker_paused_for_memory_longer_than_the_timeout_ends_the_wait_with_one_clear_line():
+    import dask
+    from distributed.core import Status
+
+    from metadask.errors import TrainingError
+    from metadask.strategies.capacity import watched
+
+    # no memory limit: Dask's memory monitor would otherwise resume the idle worker at once
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit=0, dashboard_address=":0"
+                      ) as cluster, Client(cluster) as client:
+        worker = next(iter(cluster.workers.values()))
+        worker.status = Status.paused  # what Dask does at 80 % of the memory limit
+        future = client.submit(sum, [1, 2], key="metadask-fit-cv-f0-donor-0123456789ab")
+        t0 = time.monotonic()
+        with dask.config.set({"metadask.paused-worker-timeout": 1, "metadask.watchdog-interval": 0.2}), \
+                pytest.raises(TrainingError, match=r"paused for memory for 1 s \(.* of its .* limit\).*--resume.*--memory-limit"):
+            list(watched(client, [future], "the CV fits", _ctx_like(client)))
+        assert time.monotonic() - t0 < 30
+        assert future.cancelled()
+
+
+def test_a_cluster_without_workers_ends_the_wait_after_the_timeout():
+    import dask
+
+    from metadask.errors import TrainingError
+    from metadask.strategies.capacity import watched
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        future = client.submit(sum, [1, 2])
+        with dask.config.set({"metadask.no-workers-timeout": 1, "metadask.watchdog-interval": 0.2}), \
+                pytest.raises(TrainingError, match=r"no worker able to run the fits for 1 s \(0 connected"):
+            list(watched(client, [future], "the fits", _ctx_like(client)))
+
+
+def test_a_worker_too_small_to_start_is_refused_before_any_work_with_exit_status_2(data: Path, tmp_path: Path):
+    """The issue's finding: 250 MiB workers paused at start and the run waited forever."""
+    from metadask.cli import main
+
+    t0 = time.monotonic()
+    result = CliRunner().invoke(main, ["train", "--dataset", str(data / "master"), "--out-dir", str(tmp_path / "out"),
+                                       "--n-workers", "1", "--memory-limit", "250MiB", "--strategy", "single", "--no-analysis"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("metadask: error:")]
+    assert len(errors) == 1 and "250.0 MiB memory limit, too small to start training" in errors[0]
+    assert "--memory-limit" in errors[0]
+    assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.slow
+def test_a_worker_forced_over_its_memory_fails_in_one_line_with_exit_2_and_resume_finishes_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The memory model is made to under-estimate (as it might on another machine): the fit's worker is killed."""
+    import dask
+
+    from metadask import plan
+    from metadask.cli import main
+    from metadask.testing import make_dataset
+
+    data = make_dataset(tmp_path / "d150", 150, seed=1, genes_per_file=100)  # ~126k rows: a fit needs > 550 MiB
+    for name in ("BYTES_PER_VALUE", "READ_BYTES_PER_VALUE", "BYTES_PER_ROW"):
+        monkeypatch.setattr(plan, name, 0.01)  # the client's estimate only: the workers measure what they use
+    out = tmp_path / "out"
+    args = ["train", "--dataset", str(data), "--out-dir", str(out), "--n-workers", "1", "--strategy", "single",
+            "--no-analysis", "--n-folds", "2", "--n-estimators", "5"]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "metadask.paused-worker-timeout": 20}):
+        failed = CliRunner().invoke(main, [*args, "--memory-limit", "500MiB"])
+    assert failed.exit_code == 2, failed.output
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("metadask: error:")]
+    assert len(errors) == 1, failed.stderr
+    assert re.search(r"estimated ~[\d.]+ MiB", errors[0]) and "500.0 MiB" in errors[0], errors[0]
+    assert "--resume" in errors[0] and "--memory-limit" in errors[0]
+    assert "Traceback (most recent call last)" not in failed.stderr.split("metadask: error:")[-1]
+    assert (out / "journal").is_dir() and (out / "RUN_INCOMPLETE").exists()
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(main, [*args, "--memory-limit", "2GiB", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "model" / "manifest.json").exists() and not (out / "RUN_INCOMPLETE").exists()

@@ -43,7 +43,7 @@ from metadask.plan import TASK_BASE_BYTES, concurrent_fits, hard_limit
 log = logging.getLogger("metadask")
 
 PLUGIN_NAME = "metadask-fit-slots"
-RESUME_HINT = "Finished fits are kept in the journal: rerun with --resume to continue"
+RESUME_HINT = "To continue, rerun with --resume (finished fits are kept in the journal)"
 
 
 def pause_fraction() -> float:
@@ -176,10 +176,9 @@ def task_name(key: Any) -> str:
 def _fixes(ctx: Any) -> str:
     choice = ctx.plan.get("choice")
     name = getattr(choice, "name", "")
-    first = ("lower --max-genes-per-batch" if name == "batch-ensemble" else
-             "use --strategy auto (or batch-ensemble) to train in batches" if name == "single" else
-             "lower --max-genes-per-batch")
-    return f"{first}, raise --memory-limit (bigger workers) or add workers"
+    first = ("--strategy auto or batch-ensemble (batches sized to the workers)" if name == "single" else
+             "a lower --max-genes-per-batch")
+    return f"{first}, a larger --memory-limit (bigger workers) or more workers"
 
 
 def _estimate_text(ctx: Any) -> str:
@@ -197,11 +196,11 @@ def memory_failure(exc: BaseException, task: str, ctx: Any) -> TrainingError | N
         n = int(getattr(exc, "allowed_failures", 0)) + 1
         return TrainingError(
             f"Task '{task}' ({_estimate_text(ctx)}) was lost with its worker {n} time{'s' if n > 1 else ''} (killed, "
-            f"most likely for exceeding the {limit} worker memory limit). {RESUME_HINT} after you {_fixes(ctx)}.")
+            f"most likely for exceeding the {limit} worker memory limit). {RESUME_HINT} and {_fixes(ctx)}.")
     if isinstance(exc, MemoryError):
         return TrainingError(
             f"Task '{task}' ({_estimate_text(ctx)}) ran out of memory (MemoryError) on a worker with a {limit} memory "
-            f"limit. {RESUME_HINT} after you {_fixes(ctx)}.")
+            f"limit. {RESUME_HINT} and {_fixes(ctx)}.")
     return None
 
 
@@ -258,12 +257,12 @@ class Watchdog:
                 since = self.paused_since.setdefault(a, now)
                 if now - since > self.paused_timeout:
                     limit = _limit(info)
-                    fixes = _fixes(self.ctx) if self.ctx is not None else "raise --memory-limit or add workers"
+                    fixes = _fixes(self.ctx) if self.ctx is not None else "a larger --memory-limit or more workers"
                     raise TrainingError(
                         f"Worker {a} has been paused for memory for {self.paused_timeout:g} s ({format_bytes(_held(info))} "
                         f"of its {format_bytes(limit)} limit) while {waiting_for} waited "
                         f"({_estimate_text(self.ctx) if self.ctx is not None else 'no estimate'} per task; "
-                        f"metadask.paused-worker-timeout). {RESUME_HINT} after you {fixes}.")
+                        f"metadask.paused-worker-timeout). {RESUME_HINT} and {fixes}.")
 
 
 def watched(client: Any, futures: Sequence[Any], what: str, ctx: Any = None) -> Iterator[Any]:
