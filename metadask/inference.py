@@ -1,11 +1,12 @@
 """Inference with any trained bundle: ``load_model``, ``predict_frame`` and ``predict_dataset``.
 
 ``predict_dataset`` scores a parquet dataset (labelled or not: every gene-body position of a
-genome is the usual input) out of core: the workers read one file each (the dataset's lazy
-Dask dataframe), score it and write their own parquet part into a temporary directory next to
-``out``; the client only keeps one row count per part, so its memory does not depend on the
-number of rows. The directory is renamed to ``out`` when every part is written, so a failed
-run leaves nothing half-written.
+genome is the usual input) out of core: each task reads one file (a partition of the dataset's
+Dask dataframe, k-mer sets harmonised), scores it and writes it as its own parquet part into a
+temporary directory next to ``out``; the client only collects one row count per part and keeps
+a bounded window of tasks in flight, so neither its memory nor the scheduler's grows with the
+number of rows or files. The directory is renamed to ``out`` when every part is written, so a
+failed run leaves nothing half-written.
 
 Output columns (one row per input row, in file order; part ``i`` holds file ``i``'s rows):
 
@@ -111,29 +112,30 @@ def _worker_threads(default: int = 1) -> int:
         return default
 
 
-def _score_and_write(df: pd.DataFrame, model: MetaModel, path: str, options: dict[str, Any]) -> int:
-    """Worker task: score one partition, write it as one parquet part, return its rows."""
+def _score_file(read: Any, file: str, model: MetaModel, path: str, options: dict[str, Any]) -> int:
+    """Worker task: read one file (one partition), score it, write it as one parquet part; its rows."""
     model.nthread = _worker_threads()  # this worker's threads, not every core of the machine
-    scored = predict_frame(model, df, **options)
+    scored = predict_frame(model, read(file), **options)
     scored.to_parquet(path, index=False)
     return len(scored)
 
 
-def _check_out(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+def _check_out(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
     if out.exists() and not overwrite:
         raise OutputError(f"'{out}' exists. Pass --overwrite to replace it or choose another --out.")
-    resolved = out.resolve()
+    target = os.path.realpath(out)
+    inside = target.rstrip(os.sep) + os.sep
     for p in inputs:
-        p = p.resolve()
-        if p == resolved or resolved in p.parents:
+        p = os.path.realpath(p)
+        if p == target or p.startswith(inside):
             raise OutputError(f"--out '{out}' would replace the input '{p}'. Choose another --out.")
 
 
-def _local_inputs(ds: Dataset, model: Any) -> list[Path]:
-    """Local paths of the inputs, which ``--out --overwrite`` must never replace."""
-    paths = [Path(f) for f in ds.files if "://" not in f]
+def _local_inputs(ds: Dataset, model: Any) -> list[str]:
+    """Local paths of the inputs (the dataset's files, the model), which ``--out`` must never replace."""
+    paths = [f for f in ds.files if "://" not in f]
     if not isinstance(model, MetaModel):
-        paths.append(Path(model))
+        paths.append(os.fspath(model))
     return paths
 
 
@@ -250,24 +252,43 @@ def predict_dataset(
 
 def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: dict[str, Any],
          client: Any, cluster_options: dict[str, Any]) -> int:
-    """One score-and-write task per partition of the dataset's Dask dataframe; a line per finished one."""
-    import dask
+    """One read-score-write task per file, a bounded window of them in flight; a line per finished one.
+
+    The tasks read with the reader of :meth:`Dataset.to_dask`'s partitions. They are submitted
+    a window at a time (twice the cluster's threads) rather than as one graph of every file, so
+    the scheduler's and the client's memory stay the same whatever the number of files (and
+    of rows): a graph of every file held ~65 KB of scheduler state per file until the end.
+    """
     from distributed import as_completed
 
     with connect(client=client, **cluster_options) as c:
-        parts = ds.to_dask(columns).to_delayed()
-        # the model travels to each worker once, not with every task
-        remote = c.scatter(model, broadcast=True, hash=False)
-        write = dask.delayed(_score_and_write, pure=False)
-        tasks = [write(part, remote, str(tmp / f"part.{i:05d}.parquet"), options) for i, part in enumerate(parts)]
-        futures = c.compute(tasks)
-        total, t0 = 0, time.perf_counter()
+        # the model and the reader (which holds the dataset's file list) go to each worker once
+        remote_model, reader = c.scatter([model, ds.partition_reader(columns)], broadcast=True, hash=False)
+        window = max(4, 2 * sum(c.nthreads().values()))
+        todo = iter(enumerate(ds.files))
+        live: set[Any] = set()
+
+        def submit() -> Any:
+            nxt = next(todo, None)
+            if nxt is None:
+                return None
+            i, file = nxt
+            fut = c.submit(_score_file, reader, file, remote_model, str(tmp / f"part.{i:05d}.parquet"), options,
+                           pure=False, key=f"metadask-predict-part-{i:05d}-{os.getpid()}-{time.monotonic_ns()}")
+            live.add(fut)
+            return fut
+
+        n_parts, total, t0 = len(ds.files), 0, time.perf_counter()
+        done = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
         try:
-            for n, fut in enumerate(as_completed(futures), 1):
+            for n, fut in enumerate(done, 1):
                 rows = int(fut.result())
+                live.discard(fut)
                 total += rows
-                log.info("[%d/%d] scored %s rows (elapsed %.0f s)", n, len(futures), f"{rows:,}", time.perf_counter() - t0)
+                log.info("[%d/%d] scored %s rows (elapsed %.0f s)", n, n_parts, f"{rows:,}", time.perf_counter() - t0)
+                nxt = submit()
+                if nxt is not None:
+                    done.add(nxt)
         finally:
-            c.cancel(futures)
-            c.cancel([remote])
+            c.cancel([*live, remote_model, reader])
     return total

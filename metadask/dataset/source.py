@@ -280,7 +280,15 @@ class Dataset:
 
         cols = list(self.schema.columns) if columns is None else list(columns)
         meta = self.read_file(self.files[0], cols, genes=[])
-        return dd.from_map(_ReadFile(self, cols), list(self.files), meta=meta, enforce_metadata=False)
+        return dd.from_map(self.partition_reader(cols), list(self.files), meta=meta, enforce_metadata=False)
+
+    def partition_reader(self, columns: Sequence[str] | None = None) -> _ReadFile:
+        """The picklable ``file -> pandas frame`` reader of :meth:`to_dask`'s partitions.
+
+        For code that submits one task per file itself (``metadask predict`` keeps a bounded
+        window of them in flight, so the scheduler's state does not grow with the files).
+        """
+        return _ReadFile(self, list(self.schema.columns) if columns is None else list(columns))
 
 
 class _ReadFile:
@@ -326,7 +334,14 @@ def open_dataset(
     if isinstance(dataset, Dataset):
         return dataset
     fs, files, url = _resolve_files(dataset, storage_options)
-    footers = [_read_footer(fs, f) for f in files]
+    # files of one dataset mostly share one schema: keep one arrow schema object per distinct
+    # schema, so the client's memory for the footers does not grow with the number of files
+    # (a 169-column schema per file held ~50 KB each: 150 MB for 3,000 files)
+    distinct: dict[pa.Schema, pa.Schema] = {}
+    footers = []
+    for f in files:
+        name, schema, rows = _read_footer(fs, f)
+        footers.append((name, distinct.setdefault(schema, schema), rows))
     from metadask.dataset.validate import check_column_names
 
     check_column_names(footers)  # blank or repeated column names
