@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,10 +42,11 @@ from metadask.models.boosted import FitOutput, booster_from_bytes
 from metadask.models.calibration import combine
 from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
+from metadask.models.threads import fit_threads
 from metadask.plan import eval_sample, split_validation
 from metadask.results import FoldModels, TrainingResult
 from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, Strategy, TrainContext, fits_frame
-from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows, worker_threads
+from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows
 
 log = logging.getLogger("metadask")
 
@@ -122,21 +125,61 @@ def _check_batch(index: GeneIndex, genes: Sequence[str], what: str) -> None:
 
 def run_ensemble_predict(
     dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Sequence[Sequence[FitOutput]], method: str,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Weighted margins of the member fits ``fits[member][class]`` for a gene set's rows.
 
     Runs on a worker; the weights come from the fits themselves (see
     :func:`~metadask.models.ensemble.fit_weights`), renormalised over the members given.
     """
-    x, y, meta = read_rows(dataset, gs, features)
+    import xgboost as xgb
+
+    x, y, meta = read_rows(dataset, gs, features)  # the rows are read once, for every member that scores them
     weights = fit_weights(fits, method)
-    nthread = worker_threads()
     margins = np.zeros((len(x), len(LABELS)), dtype=np.float64)
-    for j, member in enumerate(fits):  # one member's boosters in memory at a time
-        boosters = [booster_from_bytes(f.booster) for f in member]
-        margins += member_margins([boosters], x, nthread=nthread)[0] * weights[j]
-        del boosters
+    # nthread through XGBoost's (thread-local) global config, not set on the boosters: they are shared
+    # between the tasks of this worker (cached_boosters), and prediction is thread-safe when nothing is set
+    with xgb.config_context(nthread=fit_threads()):
+        for j, member in enumerate(fits):
+            margins += member_margins([cached_boosters(member, device)], x)[0] * weights[j]
     return margins_frame(meta, y, margins, dataset.gene_column, dataset.weight_column)
+
+
+BOOSTER_CACHE_BYTES = 256 * 2**20
+"""Serialized size of the member boosters a worker process keeps loaded for leave-batch-out scoring."""
+_booster_cache: OrderedDict[tuple[bytes, str | None], tuple[int, Any]] = OrderedDict()
+_booster_cache_lock = threading.Lock()
+
+
+def cached_boosters(member: Sequence[FitOutput], device: str | None = None) -> list[Any]:
+    """A member's boosters, loaded once per worker process (LRU, up to :data:`BOOSTER_CACHE_BYTES` serialized).
+
+    Each member scores the genes of up to ``ensemble-cv-members`` other batches, one task per
+    batch: without the cache, every task loaded every member's boosters again (about a third
+    of the scoring time at 100 trees). Keyed by a digest of the booster bytes, so a
+    long-lived worker never confuses runs.
+    """
+    import hashlib
+
+    out = []
+    for f in member:
+        key = (hashlib.blake2b(f.booster, digest_size=16).digest(), device)
+        with _booster_cache_lock:
+            hit = _booster_cache.get(key)
+            if hit is not None:
+                _booster_cache.move_to_end(key)
+        if hit is None:
+            booster = booster_from_bytes(f.booster)
+            if device:
+                booster.set_param({"device": device})
+            hit = (len(f.booster), booster)
+            with _booster_cache_lock:
+                _booster_cache[key] = hit
+                total = sum(n for n, _ in _booster_cache.values())
+                while total > BOOSTER_CACHE_BYTES and len(_booster_cache) > 1:
+                    total -= _booster_cache.popitem(last=False)[1][0]
+        out.append(hit[1])
+    return out
 
 
 def _chunks(index: GeneIndex, genes: Sequence[str], genes_per_task: int, seed: int) -> list[list[str]]:
