@@ -203,3 +203,45 @@ def test_a_bad_sampling_rule_is_a_one_line_error(full_body_data, tmp_path):
         res = CliRunner().invoke(main, ["train", "--dataset", str(full_body_data / "train"),
                                         "--out-dir", str(tmp_path / "r"), "--sampling", rule])
         assert res.exit_code == 2 and match in res.output, res.output
+
+
+def test_a_mining_round_adds_only_unsampled_negatives_and_keeps_the_weights_summing_to_the_positions(
+        full_body_run, full_body_data, tmp_path, cluster):
+    from distributed import Client
+
+    from metadask.dataset.index import build_gene_index
+    from metadask.dataset.sampling import SamplingRules
+    from metadask.dataset.source import open_dataset
+    from metadask.mining import MiningRules, mine_round
+
+    result, out = full_body_run
+    full = open_dataset(full_body_data / "train")
+    sample = open_dataset(out / "sampled")
+    rules = SamplingRules(easy_rate=0.02)
+    with Client(cluster) as c, c.as_current():
+        full_index, sample_index = build_gene_index(full), build_gene_index(sample)
+        mine_round(full, full_index, sample, sample_index, result.model, tmp_path / "r1", sampling=rules, seed=42,
+                   rules=MiningRules(per_site=1.0, min_per_gene=2, min_score=0.0), round_=1, client=c)
+    def read(d, cols):
+        return pd.concat([pd.read_parquet(f, columns=cols) for f in sorted(d.glob("*.parquet"))], ignore_index=True)
+
+    before = read(out / "sampled" / "master", ["gene_id", "position", "splice_type", "sample_weight"])
+    after = read(tmp_path / "r1" / "master", ["gene_id", "position", "splice_type", "sample_weight", "mined_round"])
+    mined = after[after["mined_round"] == 1]
+    assert len(mined) > 0 and (mined["splice_type"] == "neither").all() and (mined["sample_weight"] == 1).all()
+    key = ["gene_id", "position"]
+    assert mined.merge(before, on=key).empty  # only rows the sample had left out
+    assert len(after[after["mined_round"] == 0].merge(before, on=key)) == len(before)  # the sample is kept
+    sites = before[before["splice_type"] != "neither"].groupby("gene_id").size()
+    per_gene = mined.groupby("gene_id").size()
+    assert (per_gene <= np.maximum(2, sites.reindex(per_gene.index).fillna(0))).all()
+    positions = full_index.table["n_rows"]
+    weights = after.groupby("gene_id")["sample_weight"].sum()
+    np.testing.assert_allclose(weights.reindex(positions.index), positions, rtol=0.2)
+    assert after["sample_weight"].sum() == pytest.approx(before["sample_weight"].sum(), rel=0.02)
+
+
+def test_hard_negative_rounds_on_a_sampled_dataset_is_a_one_line_error(tiny_dataset, tmp_path):
+    res = CliRunner().invoke(main, ["train", "--dataset", str(tiny_dataset), "--out-dir", str(tmp_path / "r"),
+                                    "--hard-negative-rounds", "1", "--n-workers", "1"])
+    assert res.exit_code == 2 and "full-body" in res.output, res.output
