@@ -123,7 +123,6 @@ class _FailsAfterScreening(SingleStrategy):
         raise TrainingError("Injected failure after screening (test strategy).")
 
 
-@pytest.mark.slow
 def test_a_failing_overwrite_run_leaves_the_previous_model_loadable_and_marks_the_run_incomplete(
         data: Path, previous_run: Path, cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry._REGISTERED, _FailsAfterScreening.name, _FailsAfterScreening)
@@ -206,7 +205,6 @@ def test_save_model_on_a_full_disk_fails_clearly_and_keeps_the_previous_bundle(t
     _assert_bundle_intact(tiny_disk / "model", bundle)
 
 
-@pytest.mark.slow
 def test_a_run_that_fills_the_disk_fails_clearly_and_keeps_the_previous_model(
         tiny_disk: Path, previous_run: Path, data: Path, cluster) -> None:
     out = Path(shutil.copytree(previous_run, tiny_disk / "run", ignore=shutil.ignore_patterns("journal")))

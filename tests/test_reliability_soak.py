@@ -1,4 +1,4 @@
-"""Soak: twenty consecutive small trainings on one cluster leak nothing.
+"""Soak: consecutive small trainings on one cluster leak nothing (6 in the default suite, 20 slow).
 
 After three warm-up runs (imports, allocator pools, XGBoost's first-use caches) the workers'
 resident memory may grow by less than ``RSS_BOUND`` over the remaining runs, and nothing
@@ -23,9 +23,6 @@ from distributed import Client, LocalCluster
 
 import metadask
 
-pytestmark = pytest.mark.slow
-
-RUNS = 20
 WARMUP = 3
 RSS_BOUND = 150 * 2**20
 OPTIONS = {"strategy": "single", "n_folds": 2, "n_estimators": 10, "seed": 1, "analysis": False}
@@ -43,8 +40,10 @@ def _files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def test_twenty_consecutive_trainings_leak_no_memory_workers_threads_or_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# the default suite soaks 6 runs (3 measured after the warm-up); the slow suite 20
+@pytest.mark.parametrize("runs", [pytest.param(6, id="6-runs"), pytest.param(20, id="20-runs", marks=pytest.mark.slow)])
+def test_consecutive_trainings_leak_no_memory_workers_threads_or_files(
+        runs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from metadask.testing import make_dataset
 
     data = make_dataset(tmp_path / "ds", 12, seed=2, genes_per_file=4, kmer_sizes=(1,)).parent
@@ -63,7 +62,7 @@ def test_twenty_consecutive_trainings_leak_no_memory_workers_threads_or_files(
         fds: list[int] = []
         tmp_files: list[set[str]] = []
         seconds: list[float] = []
-        for i in range(RUNS):
+        for i in range(runs):
             t0 = time.perf_counter()
             out = tmp_path / "runs" / f"run{i:02d}"
             metadask.train(str(data), out, client=client, **OPTIONS)
@@ -83,9 +82,9 @@ def test_twenty_consecutive_trainings_leak_no_memory_workers_threads_or_files(
 
     growth = {w: rss[-1][w] - rss[WARMUP - 1][w] for w in pids}
     mib = {w: round(g / 2**20, 1) for w, g in growth.items()}
-    print(f"\nsoak: {RUNS} runs, {sum(seconds):.0f} s ({min(seconds):.1f}-{max(seconds):.1f} s per run)")
+    print(f"\nsoak: {runs} runs, {sum(seconds):.0f} s ({min(seconds):.1f}-{max(seconds):.1f} s per run)")
     print("soak: worker RSS MiB per run:", [round(max(r.values()) / 2**20) for r in rss])
-    print(f"soak: worker RSS growth after warm-up (runs {WARMUP}..{RUNS}): {mib} MiB")
+    print(f"soak: worker RSS growth after warm-up (runs {WARMUP}..{runs}): {mib} MiB")
     print(f"soak: client threads {threads[0]} -> {threads[WARMUP - 1]} -> {threads[-1]}; worker threads "
           f"{worker_threads[0]} -> {worker_threads[-1]}; client fds {fds[0]} -> {fds[WARMUP - 1]} -> {fds[-1]}; "
           f"temporary files {len(tmp_files[WARMUP - 1])} -> {len(tmp_files[-1])}")

@@ -160,7 +160,6 @@ def test_a_run_survives_a_killed_worker_and_predicts_exactly_what_a_fault_free_r
     assert result.oof[PROBS].notna().all().all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_the_same_seed_gives_bitwise_identical_models_and_predictions_on_one_and_two_workers(
         strategy: str, data: Path, references, tmp_path: Path) -> None:
@@ -176,7 +175,6 @@ def test_the_same_seed_gives_bitwise_identical_models_and_predictions_on_one_and
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
 def test_a_different_seed_gives_different_models(data: Path, nanny_client: Client, references, tmp_path: Path) -> None:
     """The determinism checks can fail: the seed really reaches the fits."""
     strategy = "single"
