@@ -135,11 +135,11 @@ CHECKS = {"real_data": check_real_data, "full_body": check_full_body, "inference
 
 
 # --tiny wall times measured on the 2-core machine at load average ~17 (2026-12-03): multi_output
-# 4.5 s, memory_model 12 s, shap_speed 16 s, shared_reads 18 s run in the default suite; the rest
+# 4.5 s, shap_speed 16 s, shared_reads 18 s run in the default suite (memory_model, 12 s, in test_auto.py); the rest
 # is slow: out_of_core 31 s, inference 35 s, scale_out 42 s, analysis_overhead 48 s,
 # orchestration 64 s, real_data 68 s, full_body 70 s, growth 95 s, cpu_profile 113 s (all 13:
 # 620 s, which would take the default suite past its 15-minute budget).
-DEFAULT_SUITE = {"multi_output", "memory_model", "shap_speed", "shared_reads"}
+DEFAULT_SUITE = {"multi_output", "shap_speed", "shared_reads"}  # memory_model: tests/test_auto.py
 
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT_SUITE else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
