@@ -21,6 +21,8 @@ CASES = [
     "shared_reads",    # a batch read once for its three classes vs once per class
     "cpu_profile",     # CPU-seconds per phase, client + workers, vs bare XGBoost
     "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
+    "cpu_profile",     # CPU-seconds per phase, client + workers, vs bare XGBoost
+    "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
     "full_body",       # every gene-body position, out of fold: base vs meta workflows, prediction speed
 ]
 

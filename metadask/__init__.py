@@ -6,6 +6,7 @@ Public API::
     result = metadask.train("data/train_pc_1000_3mers", "runs/r1", n_folds=5)
     model = metadask.load_model("runs/r1/model")
     proba = model.predict_proba(frame)
+    metrics = metadask.evaluate("runs/r1/model", "data/fullbody", "runs/r1_eval")
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from metadask._version import __version__
 
 __all__ = [
-    "Strategy", "TrainConfig", "TrainingResult", "__version__", "load_model", "open_dataset",
+    "Strategy", "TrainConfig", "TrainingResult", "__version__", "evaluate", "load_model", "open_dataset",
     "predict_dataset", "register_strategy", "train",
 ]
 
 _LAZY = {
     "train": "metadask.training",
+    "evaluate": "metadask.evaluation",
     "TrainConfig": "metadask.config",
     "TrainingResult": "metadask.results",
     "load_model": "metadask.models.bundle",
@@ -33,6 +35,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from metadask.config import TrainConfig
     from metadask.dataset.source import open_dataset
+    from metadask.evaluation import evaluate
     from metadask.inference import predict_dataset
     from metadask.models.bundle import load_model
     from metadask.results import TrainingResult

@@ -372,7 +372,7 @@ def predict(model_path: str, dataset: str, out: str, threshold: str | None, gene
 def evaluate(model_path: str, dataset: str, out_dir: str, threshold: float | None, gene_column: str, label_column: str,
              skip_plots: bool, overwrite: bool, storage: tuple[str, ...], verbose: bool, **cluster: Any) -> None:
     """Evaluate a model on every row of held-out DATASET, base vs meta (full-body metrics)."""
-    from metadask.evaluate import evaluate as run_evaluate
+    from metadask.evaluation import evaluate as run_evaluate
 
     setup_logging(verbose)
     cluster = {k: v for k, v in cluster.items() if v is not None}

@@ -152,6 +152,8 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
     out = Path(out)
     plots = not cfg.skip_plots
     steps = _Steps(result, notes)
+    if getattr(cfg, "device", "cpu") != "cpu":
+        result.model.device = cfg.device  # SHAP and permutation importance on the workers' GPUs (--device)
     artifacts: list[str] = []
     if cfg.skip_plots:
         notes.append("Plots skipped (--skip-plots): no PNG / PDF files; CSV / JSON analysis files are written.")

@@ -83,6 +83,7 @@ def connect(
     k8s_worker_memory: str | int | None = None,
     k8s_namespace: str | None = None,
     check_versions: bool = True,
+    device: str | None = None,
 ) -> Iterator[Client]:
     """Yield a Dask client for the run; close what this call started, nothing else.
 
@@ -110,6 +111,10 @@ def connect(
         ``"local"`` forces a ``LocalCluster``; ``None`` resolves as described in the module.
     check_versions
         Check the workers with :func:`check_workers` before yielding.
+    device
+        ``"cuda"`` (``--device cuda``): a local cluster is dask-cuda's ``LocalCUDACluster``, one
+        worker per GPU; without dask-cuda that is a :class:`~metadask.errors.ConfigError`. A
+        remote scheduler's or an existing client's workers are used as they are.
     """
     if cluster not in (None, "local", "kubernetes"):
         raise option_error("cluster", "must be 'local' or 'kubernetes'", cluster, "Use --cluster local or --cluster kubernetes.")
@@ -166,10 +171,11 @@ def connect(
                 if min_workers is not None and min_workers > kwargs["n_workers"]:
                     raise option_error("min_workers", f"exceeds the local cluster's {kwargs['n_workers']} workers",
                                        min_workers, "Raise --n-workers or lower --min-workers.")
-                local = stack.enter_context(LocalCluster(**kwargs))
+                local = stack.enter_context(_local_cluster(kwargs, device, sizing))
                 c = stack.enter_context(Client(local))
-                log.info("Started a local cluster: %d workers x %d threads, dashboard %s",
-                         kwargs["n_workers"], kwargs["threads_per_worker"], c.dashboard_link)
+                log.info("Started a local %scluster: %d workers x %d threads, dashboard %s",
+                         "CUDA " if local is not None and type(local).__name__ == "LocalCUDACluster" else "",
+                         len(local.workers), kwargs["threads_per_worker"], c.dashboard_link)
         if wait_for:
             wait_for_workers(c, wait_for, wait_timeout)
         if check_versions:
@@ -177,3 +183,22 @@ def connect(
         if performance_report is not None:
             stack.enter_context(collect_performance_report(c, performance_report))
         yield c
+
+
+def _local_cluster(kwargs: dict[str, Any], device: str | None, sizing: dict[str, Any]) -> Any:
+    """A LocalCluster, or with ``device`` "cuda[:n]" dask-cuda's LocalCUDACluster (one worker per GPU)."""
+    if not device or not str(device).startswith("cuda"):
+        return LocalCluster(**kwargs)
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise ConfigError(
+            f"--device {device} starts one worker per GPU with dask-cuda's LocalCUDACluster, and dask-cuda is not "
+            "installed. Install it (pip install dask-cuda), pass --scheduler of a cluster with GPU workers, or use "
+            "--device cpu.") from None
+    cuda = {k: v for k, v in kwargs.items() if k in ("threads_per_worker", "memory_limit", "dashboard_address", "env")}
+    if sizing.get("n_workers") is not None:
+        cuda["n_workers"] = sizing["n_workers"]  # else one per visible GPU
+    if ":" in str(device):
+        cuda["CUDA_VISIBLE_DEVICES"] = str(device).split(":", 1)[1]
+    return LocalCUDACluster(**cuda)
