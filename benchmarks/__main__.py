@@ -19,8 +19,7 @@ CASES = [
     "inference",       # rows/s, single vs ensemble
     "growth",          # cost vs number of genes
     "shared_reads",    # a batch read once for its three classes vs once per class
-    "cpu_profile",     # CPU-seconds per phase, client + workers, vs bare XGBoost
-    "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
+    "ensemble_scoring",  # leave-batch-out scoring vs bare inplace_predict of the same members
     "cpu_profile",     # CPU-seconds per phase, client + workers, vs bare XGBoost
     "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
     "full_body",       # every gene-body position, out of fold: base vs meta workflows, prediction speed

@@ -42,6 +42,8 @@ class MetaModel(abc.ABC):
         # XGBoost threads for predictions (None: XGBoost's default, every core); a Dask worker
         # sets its own thread count so that workers sharing a machine do not oversubscribe it
         self.nthread: int | None = None
+        # XGBoost device for predictions and contributions ("cuda": on the GPU; None: where the boosters are)
+        self.device: str | None = None
 
     # -- what subclasses provide ---------------------------------------------------------
     @abc.abstractmethod

@@ -164,10 +164,10 @@ class BoosterModel(MetaModel):
         self.boosters = list(boosters)
 
     def predict_margin(self, x: np.ndarray) -> np.ndarray:
-        return booster_margins(self.boosters, x, nthread=getattr(self, "nthread", None))
+        return booster_margins(self.boosters, x, nthread=getattr(self, "nthread", None), device=getattr(self, "device", None))
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
-        return booster_contributions(self.boosters, x)
+        return booster_contributions(self.boosters, x, device=getattr(self, "device", None))
 
     def importance(self) -> pd.DataFrame:
         return booster_importance(self.boosters, self.features)
@@ -185,26 +185,37 @@ class BoosterModel(MetaModel):
         return cls([booster_from_bytes(files[name]) for name in settings["boosters"]], features)
 
 
-def booster_margins(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+def booster_margins(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None,
+                    device: str | None = None) -> np.ndarray:
     """Margins of one booster per class for matrix ``x`` (n x len(boosters)).
 
     The one prediction path of every model (the ensemble's members use it too):
     ``inplace_predict`` on a float32 C-contiguous matrix reads it without building a DMatrix
     copy (a DMatrix of dense data costs about the matrix again, and its construction as much
     time as the trees' traversal for models of ~100 trees). ``nthread`` (when given) is set on
-    the boosters first, so a worker's prediction uses its own threads, not every core.
+    the boosters first, so a worker's prediction uses its own threads, not every core; so is
+    ``device`` (``--device cuda``: predict on the worker's GPU).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], len(boosters)), dtype=np.float64)
     for k, b in enumerate(boosters):
         if nthread:
             b.set_param({"nthread": int(nthread)})
+        if device:
+            b.set_param({"device": device})
         out[:, k] = b.inplace_predict(x, predict_type="margin")
     return out
 
 
-def booster_contributions(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
-    """XGBoost's exact TreeSHAP contributions (``pred_contribs``): (n, n_boosters, features + 1)."""
+def booster_contributions(boosters: Sequence[xgb.Booster], x: np.ndarray, nthread: int | None = None,
+                          device: str | None = None) -> np.ndarray:
+    """XGBoost's exact TreeSHAP contributions (``pred_contribs``): (n, n_boosters, features + 1).
+
+    ``device="cuda"`` computes them on the GPU (XGBoost's GPUTreeShap).
+    """
+    if device:
+        for b in boosters:
+            b.set_param({"device": device})
     dm = xgb.DMatrix(x, nthread=nthread or -1)
     return np.stack([b.predict(dm, pred_contribs=True) for b in boosters], axis=1).astype(np.float64)
 

@@ -69,7 +69,8 @@ def combine_margins(member_margins: np.ndarray, weights: np.ndarray) -> np.ndarr
     return np.einsum("jnk,jk->nk", np.asarray(member_margins, dtype=np.float64), w)
 
 
-def member_margins(members: Sequence[Sequence[xgb.Booster]], x: np.ndarray, nthread: int | None = None) -> np.ndarray:
+def member_margins(members: Sequence[Sequence[xgb.Booster]], x: np.ndarray, nthread: int | None = None,
+                   device: str | None = None) -> np.ndarray:
     """Margins of every member for matrix ``x``: (members, n, classes).
 
     Each member goes through :func:`~metadask.models.boosted.booster_margins` (``inplace_predict``
@@ -78,7 +79,7 @@ def member_margins(members: Sequence[Sequence[xgb.Booster]], x: np.ndarray, nthr
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((len(members), x.shape[0], len(LABELS)), dtype=np.float64)
     for j, group in enumerate(members):
-        out[j] = booster_margins(group, x, nthread=nthread)
+        out[j] = booster_margins(group, x, nthread=nthread, device=device)
     return out
 
 
@@ -131,7 +132,8 @@ class EnsembleModel(MetaModel):
     def predict_margin(self, x: np.ndarray, *, members: Sequence[int] | None = None) -> np.ndarray:
         """Weighted margins (n x 3); ``members`` restricts the vote (weights renormalised)."""
         use = list(range(self.n_members)) if members is None else list(members)
-        mm = member_margins([self.members[j] for j in use], x, nthread=getattr(self, "nthread", None))
+        mm = member_margins([self.members[j] for j in use], x, nthread=getattr(self, "nthread", None),
+                            device=getattr(self, "device", None))
         return combine_margins(mm, self.weights[use])
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
@@ -140,6 +142,8 @@ class EnsembleModel(MetaModel):
         out = np.zeros((dm.num_row(), len(LABELS), len(self.features) + 1), dtype=np.float64)
         for j, group in enumerate(self.members):
             for k, b in enumerate(group):
+                if getattr(self, "device", None):
+                    b.set_param({"device": self.device})
                 out[:, k, :] += self.weights[j, k] * b.predict(dm, pred_contribs=True)
         return out
 
@@ -157,8 +161,9 @@ class EnsembleModel(MetaModel):
     def describe(self) -> str:
         genes = self.info.get("genes")
         gene_text = f", {genes:,} genes" if isinstance(genes, int) else ""
+        per = "the CV fold models" if self.info.get("final_model") == "cv-ensemble" else "one per gene batch"
         return (
-            f"{self.kind}: {self.n_members} members (one per gene batch){gene_text}, {self.method} combination "
+            f"{self.kind}: {self.n_members} members ({per}){gene_text}, {self.method} combination "
             f"of member margins, {len(self.features)} features"
         )
 

@@ -285,7 +285,7 @@ class BatchEnsembleStrategy(Strategy):
         for i, chunk in enumerate(_chunks(ctx.index, genes, self.genes_per_batch(ctx), seed)):
             gs = ctx.gene_set(chunk)
             futures.append(ctx.client.submit(
-                run_ensemble_predict, ctx.dataset, ctx.features, gs, fits, self.config.ensemble_method,
+                run_ensemble_predict, ctx.dataset, ctx.features, gs, fits, self.config.ensemble_method, self.config.device,
                 key=f"metadask-oof-{tag}-{i}-{tokenize(gs.genes, tag, id(ctx))}", priority=5, retries=2,
                 resources=ctx.resources,
             ))
@@ -371,7 +371,7 @@ class BatchEnsembleStrategy(Strategy):
                               method=cfg.ensemble_method)
         model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
                       "members": member_info, "method": cfg.ensemble_method, "ensemble_cv": mode,
-                      "final_model": "cv-ensemble" if cv_final else "members"}
+                      "final_model": "cv-ensemble" if cv_final else "batch members"}
         details: dict[str, Any] = {
             "n_batches": n_batches, "genes_per_batch": self.genes_per_batch(ctx), "ensemble_method": cfg.ensemble_method,
             "ensemble_cv_mode": mode, "ensemble_cv": cv_info,

@@ -103,7 +103,7 @@ class SingleStrategy(Strategy):
                 specs.append(spec)
         oof_futures = [
             ctx.client.submit(
-                run_predict, ctx.dataset, ctx.features, ctx.gene_set(fp.test), by_fold[fp.fold],
+                run_predict, ctx.dataset, ctx.features, ctx.gene_set(fp.test), by_fold[fp.fold], cfg.device,
                 key=f"metadask-oof-f{fp.fold}-{id(ctx)}", priority=5, retries=2, resources=ctx.resources,
             )
             for fp in ctx.fold_plans

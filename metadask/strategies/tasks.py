@@ -170,9 +170,12 @@ def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_c
     return out
 
 
-def run_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Sequence[FitOutput]) -> pd.DataFrame:
-    """Margins of one booster per class (``fits`` in class order) for a gene set's rows."""
+def run_predict(dataset: Dataset, features: Sequence[str], gs: GeneSet, fits: Sequence[FitOutput],
+                device: str | None = None) -> pd.DataFrame:
+    """Margins of one booster per class (``fits`` in class order) for a gene set's rows (on ``device``)."""
     x, y, meta = read_rows(dataset, gs, features)
     boosters = [booster_from_bytes(f.booster) for f in fits]
+    for b in boosters if device else ():
+        b.set_param({"device": device})
     margins = booster_margins(boosters, x, nthread=fit_threads())
     return margins_frame(meta, y, margins, dataset.gene_column, dataset.weight_column)
