@@ -285,7 +285,9 @@ def curves(by_fold: Mapping[int, ScoreStats], points: int = 400) -> pd.DataFrame
     for m, model in enumerate(MODELS):
         for t, task in enumerate(TASKS):
             tp, fp = _cum(total.hist[m, t])
-            keep = np.unique(np.r_[np.linspace(0, N_BINS, points).astype(int), np.flatnonzero(np.diff(tp) != 0)[::max(1, len(tp) // points)]])
+            keep = np.unique(np.r_[0, np.flatnonzero(total.hist[m, t].sum(axis=0) > 0), N_BINS])  # edges of non-empty bins
+            if len(keep) > points:
+                keep = keep[np.linspace(0, len(keep) - 1, points).astype(int)]
             with np.errstate(invalid="ignore", divide="ignore"):
                 precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
             recall = tp / tp[0] if tp[0] > 0 else np.zeros_like(tp)
