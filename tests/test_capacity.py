@@ -186,3 +186,23 @@ def test_a_worker_forced_over_its_memory_fails_in_one_line_with_exit_2_and_resum
     resumed = CliRunner().invoke(main, [*args, "--memory-limit", "2GiB", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert (out / "model" / "manifest.json").exists() and not (out / "RUN_INCOMPLETE").exists()
+
+
+def test_incremental_partitions_shrink_to_what_each_thread_of_the_smallest_worker_can_hold():
+    from types import SimpleNamespace
+
+    from metadask.cluster import ClusterSpec
+    from metadask.config import TrainConfig
+    from metadask.plan import TASK_BASE_BYTES, StrategyChoice, task_peak_bytes
+    from metadask.strategies.incremental import partition_rows
+
+    def ctx(memory: int, threads: int) -> SimpleNamespace:
+        budget = int(memory * 0.6)
+        return SimpleNamespace(plan={"choice": StrategyChoice("incremental", "", budget, 0)}, features=[f"f{i}" for i in range(1_170)],
+                               config=TrainConfig(), cluster=ClusterSpec("", None, 2, (threads, 8), (memory, 64 * 2**30)))
+
+    assert partition_rows(ctx(64 * 2**30, 1)) == 200_000  # roomy: the setting, as on any large cluster
+    small = partition_rows(ctx(2 * 2**30, 4))  # 4 threads share 60 % of 2 GiB
+    assert 1_000 <= small < 200_000
+    share = TASK_BASE_BYTES + (int(2 * 2**30 * 0.6) - TASK_BASE_BYTES) // 4
+    assert task_peak_bytes(small, 1_170) <= share < task_peak_bytes(small + 100, 1_170)
