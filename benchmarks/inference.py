@@ -138,7 +138,10 @@ def scan_files(frame: Any, label_column: str, rows: int, where: str) -> tuple[st
     os.makedirs(where, exist_ok=True)
     base = os.path.join(where, "base.parquet")
     if not os.path.exists(base):
-        frame.drop(columns=[label_column]).to_parquet(base, index=False)
+        # floats stored as float32, like the shared full-body data (the model reads float32 anyway)
+        scan = frame.drop(columns=[label_column])
+        scan = scan.astype({c: "float32" for c in scan.columns if scan[c].dtype == "float64"})
+        scan.to_parquet(base, index=False)
     n_files = max(1, round(rows / len(frame)))
     out = os.path.join(where, f"scan_{n_files}")
     os.makedirs(out, exist_ok=True)
@@ -176,10 +179,12 @@ def scan(model: Any, frame: Any, label_column: str, sizes: list[int], client: An
 
     boosters = [copy.copy(b) for b in model.boosters]  # own thread setting, the model's untouched
     x = np.ascontiguousarray(frame[model.features].to_numpy(dtype=np.float32))
-    bare, bare_secs = bare_rows_per_s(boosters, x, workers, repeats)
-    print(f"  scan: bare inplace_predict, {workers} threads: {bare:,.0f} rows/s", flush=True)
     runs = []
     out = os.path.join(tmp, "scan_out")
+    # bare rows/s measured before every scan run and after the last one: each run's ratio uses the
+    # mean of the bare figures on either side of it (the machine's load changes over minutes)
+    bare = [bare_rows_per_s(boosters, x, workers, repeats)[0]]
+    print(f"  scan: bare inplace_predict, {workers} threads: {bare[-1]:,.0f} rows/s", flush=True)
     for i, size in enumerate(sizes):
         path, rows = scan_files(frame, label_column, size, os.path.join(tmp, "scan"))
         if i == 0:  # warm-up (imports, the model's first trip to the workers), untimed
@@ -190,16 +195,20 @@ def scan(model: Any, frame: Any, label_column: str, sizes: list[int], client: An
             n = predict_dataset(model, path, out, overwrite=True, client=client)
             secs = time.perf_counter() - t
         assert n == rows, (n, rows)
+        bare.append(bare_rows_per_s(boosters, x, workers, repeats)[0])
+        around = (bare[-2] + bare[-1]) / 2
         runs.append({"rows": rows, "files": rows // len(frame), "seconds": secs, "rows_per_s": rows / secs,
+                     "bare_inplace_rows_per_s": around, "ratio_bare_over_predict": around * secs / rows,
                      "client_rss_before": before, "client_peak_rss": peak.peak,
                      "client_peak_growth": peak.peak - before})
-        print(f"  scan: predict_dataset, {rows:,} rows: {rows / secs:,.0f} rows/s; client peak RSS "
-              f"{peak.peak / 2**20:,.0f} MiB (+{(peak.peak - before) / 2**20:,.0f} MiB)", flush=True)
+        print(f"  scan: predict_dataset, {rows:,} rows: {rows / secs:,.0f} rows/s (bare around it {around:,.0f}: "
+              f"x{around * secs / rows:.2f}); client peak RSS {peak.peak / 2**20:,.0f} MiB "
+              f"(+{(peak.peak - before) / 2**20:,.0f} MiB)", flush=True)
     largest = runs[-1]
     return {
-        "bare_inplace_rows_per_s": bare, "bare_inplace_seconds": bare_secs, "bare_rows": len(x),
+        "bare_inplace_rows_per_s": statistics.median(bare), "bare_inplace_series": bare, "bare_rows": len(x),
         "bare_threads": workers, "runs": runs, "predict_rows_per_s": largest["rows_per_s"],
-        "ratio_bare_over_predict": bare / largest["rows_per_s"],
+        "ratio_bare_over_predict": largest["ratio_bare_over_predict"],
         "client_peak_rss_ratio_largest_over_smallest": runs[-1]["client_peak_rss"] / runs[0]["client_peak_rss"],
     }
 
@@ -280,10 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          "(part of every predict_proba above)"))
     if scanned:
         rows.append(("scan: bare inplace_predict", f"{scanned['bare_inplace_rows_per_s']:>10,.0f} rows/s "
-                                                   f"({scanned['bare_threads']} threads, matrix in memory)"))
+                                                   f"({scanned['bare_threads']} threads, matrix in memory; median)"))
         for r in scanned["runs"]:
             rows.append((f"scan: predict_dataset {r['rows']:,} rows",
-                         f"{r['rows_per_s']:>10,.0f} rows/s (x{scanned['bare_inplace_rows_per_s'] / r['rows_per_s']:.2f} "
+                         f"{r['rows_per_s']:>10,.0f} rows/s (x{r['ratio_bare_over_predict']:.2f} "
                          f"bare's time)   client peak {r['client_peak_rss'] / 2**20:,.0f} MiB "
                          f"(+{r['client_peak_growth'] / 2**20:,.0f} MiB during the run)"))
     rows.append(("load average", " ".join(f"{v:.1f}" for v in load_before) + f" on {os.cpu_count()} cores"))

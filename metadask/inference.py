@@ -89,16 +89,19 @@ def predict_frame(
     threshold (a number in (0, 1]).
     """
     t, _ = resolve_threshold(model, threshold)
-    if len(df):
-        p = model.predict_proba(df)
-    else:  # an empty file: nothing to predict, but the same columns and types
-        p = np.empty((0, len(LABELS)), dtype=np.float64)
+    p = model.predict_proba(df) if len(df) else np.empty((0, len(LABELS)), dtype=np.float64)
     ids = passthrough_columns(df.columns, gene_column, label_column, metadata_columns)
     out = df[ids].reset_index(drop=True) if ids else pd.DataFrame(index=pd.RangeIndex(len(df)))
-    for k, name in enumerate(LABELS):
-        out[f"prob_{name}"] = p[:, k].astype(np.float32)
+    for name, values in _scores(p, t).items():
+        out[name] = values if name != "call" else pd.Categorical.from_codes(values, categories=list(LABELS))
+    return out
+
+
+def _scores(p: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The prediction columns for probabilities ``p``: float32 ``prob_*`` and ``splice_score``, ``call`` codes."""
+    out = {f"prob_{name}": p[:, k].astype(np.float32) for k, name in enumerate(LABELS)}
     out["splice_score"] = splice_score(p).astype(np.float32)
-    out["call"] = pd.Categorical.from_codes(call_codes(p, t), categories=list(LABELS))
+    out["call"] = call_codes(p, threshold)
     return out
 
 
@@ -112,12 +115,25 @@ def _worker_threads(default: int = 1) -> int:
         return default
 
 
-def _score_file(read: Any, file: str, model: MetaModel, path: str, options: dict[str, Any]) -> int:
-    """Worker task: read one file (one partition), score it, write it as one parquet part; its rows."""
+def _score_file(ds: Dataset, file: str, model: MetaModel, path: str, ids: list[str], threshold: float) -> int:
+    """Worker task: read one file (one partition), score it, write it as one parquet part; its rows.
+
+    Arrow from end to end: the features are decoded straight into the float32 matrix
+    (:meth:`Dataset.read_file_matrix`) and the ids go back to parquet without a pandas round trip,
+    so the fixed costs next to the trees' work are parquet's decoding and encoding.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     model.nthread = _worker_threads()  # this worker's threads, not every core of the machine
-    scored = predict_frame(model, read(file), **options)
-    scored.to_parquet(path, index=False)
-    return len(scored)
+    x, table = ds.read_file_matrix(file, model.features, ids)
+    p = model.calibrate(model.raw_proba(x)) if len(x) else np.empty((0, len(LABELS)), dtype=np.float64)
+    calls = pa.array(list(LABELS), pa.string())
+    for name, values in _scores(p, threshold).items():
+        column = pa.DictionaryArray.from_arrays(pa.array(values, pa.int8()), calls) if name == "call" else pa.array(values)
+        table = table.append_column(name, column)
+    pq.write_table(table, path)
+    return table.num_rows
 
 
 def _check_out(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
@@ -211,9 +227,6 @@ def predict_dataset(
             "Predict on data with the training dataset's columns."
         )
     ids = passthrough_columns(ds.schema.columns, ds.gene_column, ds.label_column, metadata_columns)
-    columns = list(dict.fromkeys(ids + [f for f in m.features if f in ds.schema.columns]))
-    options = {"gene_column": ds.gene_column, "label_column": ds.label_column,
-               "metadata_columns": tuple(metadata_columns), "threshold": t}
     n_parts = len(ds.files)
     log.info("Scoring %s rows in %d files of %s with %s; calls at splice threshold %g (%s)",
              f"{ds.schema.n_rows:,}", n_parts, ds.url, m.describe(), t, source)
@@ -225,7 +238,7 @@ def predict_dataset(
     except OSError as exc:
         raise output_error(out, exc) from None
     try:
-        rows = _run(m, ds, columns, tmp, options, client, cluster_options)
+        rows = _run(m, ds, ids, t, tmp, client, cluster_options)
         parts = sorted(p.name for p in tmp.glob("part.*.parquet"))
         if len(parts) != n_parts:
             raise OutputError(
@@ -250,11 +263,11 @@ def predict_dataset(
     return rows
 
 
-def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: dict[str, Any],
+def _run(model: MetaModel, ds: Dataset, ids: list[str], threshold: float, tmp: Path,
          client: Any, cluster_options: dict[str, Any]) -> int:
     """One read-score-write task per file, a bounded window of them in flight; a line per finished one.
 
-    The tasks read with the reader of :meth:`Dataset.to_dask`'s partitions. They are submitted
+    Each task reads one file, a partition of :meth:`Dataset.to_dask`. They are submitted
     a window at a time (twice the cluster's threads) rather than as one graph of every file, so
     the scheduler's and the client's memory stay the same whatever the number of files (and
     of rows): a graph of every file held ~65 KB of scheduler state per file until the end.
@@ -262,8 +275,8 @@ def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: 
     from distributed import as_completed
 
     with connect(client=client, **cluster_options) as c:
-        # the model and the reader (which holds the dataset's file list) go to each worker once
-        remote_model, reader = c.scatter([model, ds.partition_reader(columns)], broadcast=True, hash=False)
+        # the model and the dataset (which holds the file list) go to each worker once
+        remote_model, remote_ds = c.scatter([model, ds], broadcast=True, hash=False)
         window = max(4, 2 * sum(c.nthreads().values()))
         todo = iter(enumerate(ds.files))
         live: set[Any] = set()
@@ -273,7 +286,7 @@ def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: 
             if nxt is None:
                 return None
             i, file = nxt
-            fut = c.submit(_score_file, reader, file, remote_model, str(tmp / f"part.{i:05d}.parquet"), options,
+            fut = c.submit(_score_file, remote_ds, file, remote_model, str(tmp / f"part.{i:05d}.parquet"), ids, threshold,
                            pure=False, key=f"metadask-predict-part-{i:05d}-{os.getpid()}-{time.monotonic_ns()}")
             live.add(fut)
             return fut
@@ -290,5 +303,5 @@ def _run(model: MetaModel, ds: Dataset, columns: list[str], tmp: Path, options: 
                 if nxt is not None:
                     done.add(nxt)
         finally:
-            c.cancel([*live, remote_model, reader])
+            c.cancel([*live, remote_model, remote_ds])
     return total

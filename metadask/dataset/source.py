@@ -224,6 +224,45 @@ class Dataset:
         df = df.iloc[order].reset_index(drop=True)
         return df if columns is None or self.gene_column in columns else df[list(columns)]
 
+    def read_file_matrix(
+        self, file: str, features: Sequence[str], columns: Sequence[str] = ()
+    ) -> tuple[np.ndarray, pa.Table]:
+        """One whole file, in file order: a float32 matrix of ``features`` and an arrow table of ``columns``.
+
+        The partition reader of prediction (one file = one partition, as in :meth:`to_dask`),
+        without a pandas frame of the features: each column is decoded straight into the
+        C-ordered float32 matrix XGBoost reads. Features the file lacks (k-mers of the drift,
+        or k-mers the dataset never has) read as 0; nulls as NaN; infinite values are an error.
+        """
+        drift = self.schema.drift
+        present = [c for c in features if c in self.schema.columns and file not in drift.get(c, ())]
+        unknown = [c for c in columns if c not in self.schema.columns]
+        if unknown:
+            raise DatasetError(f"Columns not in the dataset: {preview(unknown)}.")
+        try:
+            with self.fs.open(_strip(self.fs, file), "rb") as fh:
+                table = pq.read_table(fh, columns=list(dict.fromkeys([*present, *columns])))
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DatasetError(
+                f"Cannot read '{file}': {str(exc).splitlines()[0]}. The file may be truncated or corrupt; "
+                "regenerate it."
+            ) from exc
+        have = set(present)
+        x = np.zeros((len(features), table.num_rows), dtype=np.float32)  # a row per feature: contiguous writes
+        for j, c in enumerate(features):
+            if c in have and not pa.types.is_null(table.schema.field(c).type):
+                x[j] = table.column(c).to_numpy(zero_copy_only=False)
+            elif c in have:
+                x[j] = np.nan
+        x = np.ascontiguousarray(x.T)
+        if np.isinf(x).any():
+            bad = [c for j, c in enumerate(features) if np.isinf(x[:, j]).any()]
+            raise DatasetError(
+                f"Feature columns of '{file}' hold infinite (or float32-overflowing) values: {preview(bad)}. "
+                "Replace them."
+            )
+        return x, table.select(list(columns))
+
     def read_matrix(
         self,
         genes: Iterable[str],
@@ -280,15 +319,7 @@ class Dataset:
 
         cols = list(self.schema.columns) if columns is None else list(columns)
         meta = self.read_file(self.files[0], cols, genes=[])
-        return dd.from_map(self.partition_reader(cols), list(self.files), meta=meta, enforce_metadata=False)
-
-    def partition_reader(self, columns: Sequence[str] | None = None) -> _ReadFile:
-        """The picklable ``file -> pandas frame`` reader of :meth:`to_dask`'s partitions.
-
-        For code that submits one task per file itself (``metadask predict`` keeps a bounded
-        window of them in flight, so the scheduler's state does not grow with the files).
-        """
-        return _ReadFile(self, list(self.schema.columns) if columns is None else list(columns))
+        return dd.from_map(_ReadFile(self, cols), list(self.files), meta=meta, enforce_metadata=False)
 
 
 class _ReadFile:
