@@ -302,7 +302,7 @@ def test_report_embeds_every_plot_as_a_data_uri(run):
     assert {i["data-path"] for i in parser.imgs} == set(pngs)
     for i in parser.imgs:
         assert base64.b64decode(i["src"].split(",", 1)[1]) == pngs[i["data-path"]].read_bytes()
-    assert "META-MODEL TRAINING SUMMARY" in html and "Evaluation (out-of-fold)" in html
+    assert "META-MODEL TRAINING SUMMARY" in html and "Evaluation (out-of-fold sampled rows)" in html
     assert "http://" not in html and "https://" not in html, "self-contained: no external resources"
 
 
