@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from metadask.cluster import CONNECT_OPTIONS, connect
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS, is_kmer
 from metadask.dataset.source import Dataset, open_dataset
 from metadask.errors import ConfigError, ModelError, OutputError, preview
-from metadask.io import output_error
+from metadask.io import atomic_write_dir
 from metadask.models.base import MetaModel
 from metadask.models.bundle import load_model
 from metadask.models.thresholds import call_codes, check_thresholds, splice_score
@@ -127,7 +126,7 @@ def _score_file(ds: Dataset, file: str, model: MetaModel, path: str, ids: list[s
 
     model.nthread = _worker_threads()  # this worker's threads, not every core of the machine
     x, table = ds.read_file_matrix(file, model.features, ids)
-    p = model.calibrate(model.raw_proba(x)) if len(x) else np.empty((0, len(LABELS)), dtype=np.float64)
+    p = model.calibrate(model.raw_proba(x), x) if len(x) else np.empty((0, len(LABELS)), dtype=np.float64)
     calls = pa.array(list(LABELS), pa.string())
     for name, values in _scores(p, threshold).items():
         column = pa.DictionaryArray.from_arrays(pa.array(values, pa.int8()), calls) if name == "call" else pa.array(values)
@@ -153,18 +152,6 @@ def _local_inputs(ds: Dataset, model: Any) -> list[str]:
     if not isinstance(model, MetaModel):
         paths.append(os.fspath(model))
     return paths
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished directory ``tmp`` to ``out``, replacing what was there only now."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old.exists() or old.is_symlink():
-        old.unlink()
 
 
 def predict_dataset(
@@ -230,19 +217,15 @@ def predict_dataset(
     n_parts = len(ds.files)
     log.info("Scoring %s rows in %d files of %s with %s; calls at splice threshold %g (%s)",
              f"{ds.schema.n_rows:,}", n_parts, ds.url, m.describe(), t, source)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise output_error(out, exc) from None
-    try:
+    rows = 0
+
+    def write(tmp: Path) -> None:  # into a temporary sibling directory, renamed to ``out`` when complete
+        nonlocal rows
         rows = _run(m, ds, ids, t, tmp, client, cluster_options)
-        parts = sorted(p.name for p in tmp.glob("part.*.parquet"))
-        if len(parts) != n_parts:
-            raise OutputError(
-                f"Only {len(parts)} of {n_parts} prediction parts reached '{tmp}': the workers write where they run. "
+        parts = sum(1 for _ in tmp.glob("part.*.parquet"))
+        if parts != n_parts:
+            raise ConfigError(
+                f"Only {parts} of {n_parts} prediction parts reached '{tmp}': the workers write where they run. "
                 "Choose an --out on a filesystem the workers and this machine share."
             )
         summary = {"model": str(model) if not isinstance(model, MetaModel) else m.describe(), "dataset": ds.url,
@@ -250,15 +233,8 @@ def predict_dataset(
                    "columns": [*ids, *PREDICTION_COLUMNS], "call_rule": "call = neither unless prob_donor + "
                    "prob_acceptor >= threshold; then donor or acceptor, whichever is larger"}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        _replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OutputError):
-            raise
-        raise output_error(exc.filename or out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out, write)  # a failed run removes the temporary directory; ``out`` stays as it was
     log.info("Wrote %s predictions to %s (%d parts)", f"{rows:,}", out, n_parts)
     return rows
 
