@@ -22,6 +22,7 @@ CASES = [
     "ensemble_scoring",  # leave-batch-out scoring vs bare inplace_predict of the same members
     "cpu_profile",     # CPU-seconds per phase, client + workers, vs bare XGBoost
     "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
+    "final_model",     # refit vs CV-ensemble final model on held-out genes
     "full_body",       # every gene-body position, out of fold: base vs meta workflows, prediction speed
 ]
 

@@ -305,14 +305,15 @@ def _median(values: list[float]) -> float:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeats of every phase / task / bare figure and quality value."""
-    def med(get: Any) -> dict[str, float]:
+    def med(get: Any, digits: int = 2) -> dict[str, float]:
         keys = sorted({k for r in runs for k in get(r)})
-        return {k: round(_median([get(r).get(k, 0.0) for r in runs]), 2) for k in keys}
+        return {k: round(_median([get(r).get(k, 0.0) for r in runs]), digits) for k in keys}
     out = {
         "phases": med(lambda r: r["phases"]), "worker_tasks": med(lambda r: r["worker_tasks"]),
         "total_cpu_seconds": round(_median([r["total_cpu_seconds"] for r in runs]), 1),
         "wall_seconds": round(_median([r["wall_seconds"] for r in runs]), 1),
-        "quality": {k: round(v, 4) for k, v in med(lambda r: r["quality"]).items()},
+        "quality": med(lambda r: r["quality"], 4),
+        "client_phases": med(lambda r: r["client_phases"]),
         "runs": len(runs), "rows": runs[0]["rows"], "features": runs[0]["features"], "fits": runs[0]["fits"],
     }
     bare = [r.get("bare_xgboost") or {} for r in runs]
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
                     runs[v["name"]].append(r)
                     print(f"[{label} {strategy} {v['name']} #{rep + 1}] {r['total_cpu_seconds']:.1f} CPU-s, "
                           f"wall {r['wall_seconds']:.1f} s, binary F1 {r['quality']['binary_f1']:.4f}", flush=True)
-            results[f"{label} / {strategy}"] = {name: summarise(rs) for name, rs in runs.items()}
+            results[f"{label} / {strategy}"] = {name: {**summarise(rs), "each_run": rs} for name, rs in runs.items()}
     print(report(results))
     payload = {"n_estimators": base_opts.get("n_estimators"), "n_folds": base_opts.get("n_folds"),
                "workers": args.workers, "repeats": args.repeats, "variants": variants, "options": base_opts,
