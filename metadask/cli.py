@@ -264,7 +264,8 @@ def _cluster_options(f):
 @click.option("--early-stopping-rounds", type=int, default=30, show_default=True, help="0 disables early stopping.")
 @click.option("--valid-size", type=float, default=0.1, show_default=True, help="Fraction of training genes held out per fold.")
 @click.option("--calibrate-per-class/--no-calibration", default=True, show_default=True)
-@click.option("--calib-method", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True)
+@click.option("--calib-method", type=click.Choice(["auto", "platt", "isotonic", "stacked"]), default="auto", show_default=True,
+              help="stacked: Platt on the meta and the base model's logits; auto: stacked on weighted data, else platt.")
 @click.option("--final-model", type=click.Choice(["refit", "cv-ensemble"]), default="refit", show_default=True,
               help="refit: three fits on every gene; cv-ensemble: the CV fold models averaged (no refit, fewer CPU-seconds).")
 @click.option("--device", default="cpu", show_default=True,

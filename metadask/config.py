@@ -117,7 +117,7 @@ class TrainConfig:
     early_stopping_rounds: int = 30
     valid_size: float = 0.1
     calibrate_per_class: bool = True
-    calib_method: Literal["platt", "isotonic"] = "platt"
+    calib_method: Literal["auto", "platt", "isotonic", "stacked"] = "auto"
     # the final model: refit on every gene, or the CV fold models averaged (no refit)
     final_model: Literal["refit", "cv-ensemble"] = "refit"
     # XGBoost device of fits, prediction and SHAP: "cpu", "cuda" or "cuda:<ordinal>"
@@ -168,7 +168,8 @@ class TrainConfig:
         need(is_int(self.seed) and self.seed >= 0, "seed", "must be a non-negative integer", "Use e.g. --seed 42.")
         need(is_int(self.early_stopping_rounds) and self.early_stopping_rounds >= 0, "early_stopping_rounds", "must be an integer >= 0", "Use 0 to disable early stopping.")
         need(isinstance(self.valid_size, (int, float)) and 0 < self.valid_size < 0.5, "valid_size", "must be a fraction in (0, 0.5)", "Use e.g. --valid-size 0.1.")
-        need(self.calib_method in ("platt", "isotonic"), "calib_method", "must be 'platt' or 'isotonic'", "Use --calib-method platt or isotonic.")
+        need(self.calib_method in ("auto", "platt", "isotonic", "stacked"), "calib_method",
+             "must be 'auto', 'platt', 'isotonic' or 'stacked'", "Use --calib-method auto, platt, isotonic or stacked.")
         need(self.final_model in ("refit", "cv-ensemble"), "final_model", "must be 'refit' or 'cv-ensemble'",
              "Use --final-model refit or cv-ensemble.")
         need(isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device",

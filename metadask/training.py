@@ -22,7 +22,7 @@ from metadask.cluster import CONNECT_OPTIONS, connect, describe
 from metadask.config import TrainConfig, setting
 from metadask.dataset.index import build_gene_index
 from metadask.dataset.memory import format_bytes, matrix_bytes
-from metadask.dataset.schema import LABELS
+from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.dataset.source import Dataset, open_dataset
 from metadask.errors import ConfigError, OutputError, TrainingError
 from metadask.io import write_csv, write_parquet, write_text
@@ -84,23 +84,51 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
         result.model.calibrators = [IDENTITY] * len(LABELS)
         return
     t0 = time.perf_counter()
+    method = calibration_method(config.calib_method, weighted=w is not None, features=result.model.features)
+    base = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
+
+    def fit(k: int, rows: np.ndarray | slice) -> Any:
+        if method == "stacked" and BASE_SCORE_COLUMNS[k] in result.model.features:
+            return fit_calibrator(raw[rows, k], y[rows] == k, method, None if w is None else w[rows], base=base[rows, k],
+                                  base_column=BASE_SCORE_COLUMNS[k])
+        return fit_calibrator(raw[rows, k], y[rows] == k, "platt" if method == "stacked" else method,
+                              None if w is None else w[rows])
+
+    def apply(c: Any, k: int, rows: np.ndarray) -> np.ndarray:
+        return c(raw[rows, k], base[rows, k]) if c.base_column else c(raw[rows, k])
+
     folds = oof["fold"].to_numpy()
     groups = calibration_groups(folds)
     cal = np.empty_like(raw)
     for g in np.unique(groups):
         inside, outside = groups == g, groups != g
-        cals = [fit_calibrator(raw[outside, k], y[outside] == k, config.calib_method, None if w is None else w[outside])
-                for k in range(len(LABELS))]
+        cals = [fit(k, outside) for k in range(len(LABELS))]
         for k in range(len(LABELS)):
-            cal[inside, k] = cals[k](raw[inside, k])
+            cal[inside, k] = apply(cals[k], k, inside)
         for f in np.unique(folds[inside]):
             result.fold_calibrators[int(f)] = cals
     oof[list(PROB_COLUMNS)] = combine(cal)
-    result.model.calibrators = [fit_calibrator(raw[:, k], y == k, config.calib_method, w) for k in range(len(LABELS))]
-    log.info("Calibration: %s per class, cross-fitted over %d groups of folds, %s rows%s (%.1f s)", config.calib_method,
+    result.model.calibrators = [fit(k, slice(None)) for k in range(len(LABELS))]
+    result.details["calibration_method"] = method
+    log.info("Calibration: %s per class%s, cross-fitted over %d groups of folds, %s rows%s (%.1f s)", method,
+             " (Platt on the meta and the base model's logits)" if method == "stacked" else "",
              len(np.unique(groups)), f"{len(oof):,}",
              ", weighted by inverse inclusion probability (probabilities refer to every position)" if w is not None else "",
              time.perf_counter() - t0)
+
+
+def calibration_method(requested: str, *, weighted: bool, features: list[str]) -> str:
+    """``auto``: ``stacked`` on weighted rows (they stand for every position) when the base scores are
+    features, else ``platt``. ``stacked`` without the base scores among the features falls back to ``platt``
+    (a class whose own base score is not a feature, e.g. ``neither_score`` screened out, is calibrated by Platt)."""
+    has_base = all(c in features for c in BASE_SCORE_COLUMNS[1:])
+    if requested == "auto":
+        return "stacked" if weighted and has_base else "platt"
+    if requested == "stacked" and not has_base:
+        log.warning("--calib-method stacked needs the base scores %s among the features; using platt.",
+                    ", ".join(BASE_SCORE_COLUMNS[1:]))
+        return "platt"
+    return requested
 
 
 CALIBRATION_GROUPS = 5

@@ -106,8 +106,19 @@ class MetaModel(abc.ABC):
         """Uncalibrated one-vs-rest probabilities (n x 3)."""
         return sigmoid(self.predict_margin(x))
 
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        return combine(np.column_stack([cal(raw[:, k]) for k, cal in enumerate(self.calibrators)]))
+    def calibrate(self, raw: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probabilities from raw ones; ``x`` (the feature matrix) feeds ``stacked`` calibrators
+        the base score they read."""
+        cols = []
+        for k, cal in enumerate(self.calibrators):
+            name = cal.base_column
+            if name is None:
+                cols.append(cal(raw[:, k]))
+                continue
+            if x is None or name not in self.features:
+                raise ModelError(f"The calibrator of class {LABELS[k]} reads the base score '{name}', which the input lacks.")
+            cols.append(cal(raw[:, k], np.asarray(x)[:, self.features.index(name)]))
+        return combine(np.column_stack(cols))
 
     def predict_proba(self, data: Any) -> Any:
         """Class probabilities (neither, donor, acceptor) summing to 1 per row.
@@ -118,7 +129,8 @@ class MetaModel(abc.ABC):
         if _is_dask(data):
             meta = pd.DataFrame({f"prob_{c}": pd.Series(dtype="float64") for c in LABELS})
             return data.map_partitions(_proba_frame, self, meta=meta)
-        return self.calibrate(self.raw_proba(self.matrix(data)))
+        x = self.matrix(data)
+        return self.calibrate(self.raw_proba(x), x)
 
     def call(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Class codes called from probabilities at the model's splice threshold (or ``threshold``)."""

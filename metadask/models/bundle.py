@@ -87,7 +87,8 @@ def save_model(model: MetaModel, path: str | os.PathLike, *, strategy: str, extr
         "label_map": {str(i): name for i, name in enumerate(LABELS)},
         "calibration": [c.to_dict() for c in model.calibrators],
         "thresholds": dict(model.thresholds),
-        "probability": "p_k = calibrator_k(sigmoid(margin_k)); probabilities = p / sum(p)",
+        "probability": "p_k = calibrator_k(sigmoid(margin_k)) (a stacked calibrator also reads the base score named "
+                       "in its params); probabilities = p / sum(p)",
         "info": model.info,
         "libraries": library_versions(),
         **(extra or {}),

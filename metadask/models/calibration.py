@@ -28,10 +28,20 @@ class Calibrator:
     method: str
     params: dict[str, Any]
 
-    def __call__(self, p: np.ndarray) -> np.ndarray:
+    @property
+    def base_column(self) -> str | None:
+        """The base-score column a ``stacked`` calibrator reads (None for the others)."""
+        return self.params.get("base_column") if self.method == "stacked" else None
+
+    def __call__(self, p: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         p = np.asarray(p, dtype=np.float64)
         if self.method == "identity":
             return p
+        if self.method == "stacked":
+            if base is None:
+                raise ValueError(f"a stacked calibrator needs the base score '{self.params['base_column']}'")
+            z = self.params["a"] * _logit(p) + self.params["b"] * _logit(base) + self.params["c"]
+            return 1.0 / (1.0 + np.exp(-z))
         if self.method == "platt":
             z = self.params["a"] * _logit(p) + self.params["b"]
             return 1.0 / (1.0 + np.exp(-z))
@@ -44,7 +54,7 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibrator:
-        if d.get("method") not in ("identity", "platt", "isotonic"):
+        if d.get("method") not in ("identity", "platt", "isotonic", "stacked"):
             raise ValueError(f"Unknown calibration method {d.get('method')!r}")
         return cls(method=d["method"], params=dict(d.get("params", {})))
 
@@ -52,15 +62,28 @@ class Calibrator:
 IDENTITY = Calibrator("identity", {})
 
 
-def fit_calibrator(p: np.ndarray, y: np.ndarray, method: str, sample_weight: np.ndarray | None = None) -> Calibrator:
+def fit_calibrator(p: np.ndarray, y: np.ndarray, method: str, sample_weight: np.ndarray | None = None, *,
+                   base: np.ndarray | None = None, base_column: str | None = None) -> Calibrator:
     """Fit one class's calibrator on probabilities ``p`` and binary outcomes ``y``.
 
     ``sample_weight`` (inverse inclusion probabilities of sampled rows) makes the calibrated
     probabilities refer to the distribution the rows were sampled from (every position).
+    ``stacked`` is Platt scaling with the base model's score of the class as a second input,
+    ``sigmoid(a * logit(p) + b * logit(base) + c)``: a logistic stacker of meta and base that
+    learns how far to trust each (``base`` holds the scores, ``base_column`` names them).
     """
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         return IDENTITY
+    if method == "stacked":
+        from sklearn.linear_model import LogisticRegression
+
+        if base is None or base_column is None:
+            raise ValueError("a stacked calibrator needs the base scores and their column name")
+        lr = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
+        lr.fit(np.column_stack([_logit(p), _logit(base)]), y, sample_weight=sample_weight)
+        return Calibrator("stacked", {"a": float(lr.coef_[0, 0]), "b": float(lr.coef_[0, 1]), "c": float(lr.intercept_[0]),
+                                      "base_column": str(base_column)})
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
