@@ -34,9 +34,11 @@ parts on the workers). Measured: rows per second next to bare XGBoost ``inplace_
 the same three boosters on the same rows (the float32 matrix already in memory, as many
 threads as the cluster has: the trees' work alone) in the same run, their ratio, and the
 client's peak RSS during each run (sampled every 50 ms), which must not grow with the rows.
+``--real`` adds the same comparison on every gene-body position of the 60 shared real fly
+genes (``real_fly_fullbody_3mer_60``), scored by boosters fit on ``real_fly_3mer``.
 
     python -m benchmarks inference [--genes 200] [--n-estimators 100] [--members 2,4,8] [--fit-rows 20000]
-                                   [--repeats 3] [--workers 2] [--scan-rows 2500000,25000000] [--tiny]
+                                   [--repeats 3] [--workers 2] [--scan-rows 2500000,25000000] [--real] [--tiny]
 """
 
 from __future__ import annotations
@@ -213,6 +215,52 @@ def scan(model: Any, frame: Any, label_column: str, sizes: list[int], client: An
     }
 
 
+def real_scan(client: Any, workers: int, n_estimators: int, repeats: int, tmp: str) -> dict[str, Any]:
+    """Every gene-body position of the 60 shared fly genes, scored by a model of the real sampled rows.
+
+    Three one-vs-rest boosters of ``n_estimators`` trees fit on ``real_fly_3mer`` (the default
+    screening exclusions dropped), then ``predict_dataset`` on ``real_fly_fullbody_3mer_60``
+    next to bare ``inplace_predict`` of the same boosters on the same rows (bare measured on
+    either side of the run).
+    """
+    import pandas as pd
+
+    from metadask.config import TrainConfig
+    from metadask.dataset.schema import encode_labels
+    from metadask.dataset.source import open_dataset
+    from metadask.inference import predict_dataset
+    from metadask.models.boosted import BoosterModel, booster_from_bytes, fit_binary
+    from metadask.screening.rules import ANNOTATION_ARTIFACTS
+    from metadask.testing import real_data_path
+
+    train_path, scan_path = real_data_path("real_fly_3mer"), real_data_path("real_fly_fullbody_3mer_60")
+    if train_path is None or scan_path is None:
+        return {"status": "skipped: real_fly_3mer or real_fly_fullbody_3mer_60 not found"}
+    ds = open_dataset(train_path)
+    frame = pd.concat([ds.read_file(f) for f in ds.files], ignore_index=True)
+    features = [c for c in ds.schema.feature_columns if c not in ANNOTATION_ARTIFACTS]
+    x = frame[features].to_numpy(dtype=np.float32)
+    y = encode_labels(frame[ds.label_column], ds.label_column)
+    params = TrainConfig().xgb_params()
+    model = BoosterModel([booster_from_bytes(fit_binary(x, (y == k).astype(np.float32), params, n_estimators).booster)
+                          for k in range(3)], features)
+    full = open_dataset(scan_path, require_labels=False)
+    xs = np.concatenate([full.read_file_matrix(f, features)[0] for f in full.files])
+    bare = [bare_rows_per_s(model.boosters, xs, workers, repeats)[0]]
+    out = os.path.join(tmp, "real_out")
+    predict_dataset(model, scan_path, out, overwrite=True, client=client)  # warm-up
+    t = time.perf_counter()
+    rows = predict_dataset(model, scan_path, out, overwrite=True, client=client)
+    secs = time.perf_counter() - t
+    bare.append(bare_rows_per_s(model.boosters, xs, workers, repeats)[0])
+    around = sum(bare) / 2
+    print(f"  real full body: {rows:,} rows, {len(features)} features: predict_dataset {rows / secs:,.0f} rows/s, "
+          f"bare inplace_predict around it {around:,.0f} rows/s (x{around * secs / rows:.2f})", flush=True)
+    return {"status": "ok", "rows": rows, "files": len(full.files), "features": len(features),
+            "trees": sum(b.num_boosted_rounds() for b in model.boosters), "seconds": secs,
+            "rows_per_s": rows / secs, "bare_inplace_rows_per_s": around, "ratio_bare_over_predict": around * secs / rows}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genes", type=int, default=200)
@@ -224,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scan-rows", default="2500000,25000000",
                     help="scan sizes (rows, comma-separated; '' skips the scan): predict_dataset vs bare inplace_predict")
+    ap.add_argument("--real", action="store_true",
+                    help="also score the 60 shared real fly full bodies (a model fit on real_fly_3mer) vs bare inplace_predict")
     ap.add_argument("--tiny", action="store_true",
                     help="smoke run: 20 genes, 10 trees, K = 2, 1 repeat, scans of ~40,000 and ~400,000 rows")
     args = ap.parse_args(argv)
@@ -261,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                for name, model in models.items()}, args.repeats)
         scanned = (scan(single, frame, "splice_type", scan_sizes, client, args.workers, args.repeats, tmp)
                    if scan_sizes else None)
+        real = real_scan(client, args.workers, args.n_estimators, args.repeats, tmp) if args.real else None
     for name, secs in cluster_times.items():
         print(f"  predict_dataset, {name}: {n / statistics.median(secs):,.0f} rows/s", flush=True)
     per_model: dict[str, Any] = {}
@@ -295,6 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"{r['rows_per_s']:>10,.0f} rows/s (x{r['ratio_bare_over_predict']:.2f} "
                          f"bare's time)   client peak {r['client_peak_rss'] / 2**20:,.0f} MiB "
                          f"(+{r['client_peak_growth'] / 2**20:,.0f} MiB during the run)"))
+    if real and real.get("status") == "ok":
+        rows.append(("real fly full body (60 genes)", f"{real['rows_per_s']:>10,.0f} rows/s (x{real['ratio_bare_over_predict']:.2f} "
+                                                     f"bare's time; {real['rows']:,} rows, {real['trees']} trees)"))
     rows.append(("load average", " ".join(f"{v:.1f}" for v in load_before) + f" on {os.cpu_count()} cores"))
     print(table(rows))
     payload = {
@@ -305,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **facts, "models": per_model, "frame_to_matrix_seconds": matrix_seconds,
         "frame_to_matrix_rows_per_s": n / statistics.median(matrix_seconds), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "ensemble_class": "metadask.models.ensemble.EnsembleModel",
-        "scan": scanned,
+        "scan": scanned, "real_full_body": real,
     }
     write_result("inference" + ("_tiny" if args.tiny else ""), payload)
     return payload
