@@ -160,7 +160,8 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
     if cfg.skip_shap:
         notes.append("SHAP skipped (--skip-shap): no shap_analysis/; feature importance without SHAP columns.")
 
-    ev = steps.run("evaluation", lambda: evaluation.write_evaluation(out, result, cfg.calib_method if cfg.calibrate_per_class else None))
+    ev = steps.run("evaluation", lambda: evaluation.write_evaluation(
+        out, result, result.details.get("calibration_method", cfg.calib_method) if cfg.calibrate_per_class else None))
     ev_summary, per_gene = ev if ev else (None, None)
     if ev:
         artifacts += [

@@ -129,7 +129,7 @@ def summary_text(s: dict[str, Any], screening_lines: list[str] | None = None) ->
         f"N Estimators: {p.get('n_estimators')} (early stopping: {p.get('early_stopping_rounds') or 'off'})",
         f"Learning Rate: {p.get('learning_rate')}  Max Depth: {p.get('max_depth')}  Subsample: {p.get('subsample')}  "
         f"Colsample: {p.get('colsample_bytree')}  Max Bin: {p.get('max_bin')}",
-        f"Calibration: {'per_class (' + str(p.get('calib_method')) + ')' if p.get('calibrate_per_class') else 'none'}",
+        f"Calibration: {'per_class (' + str(s['details'].get('calibration_method', p.get('calib_method'))) + ')' if p.get('calibrate_per_class') else 'none'}",
         f"Seed: {p.get('seed')}",
     ]
     for k, v in s["details"].items():
