@@ -245,3 +245,35 @@ def test_hard_negative_rounds_on_a_sampled_dataset_is_a_one_line_error(tiny_data
     res = CliRunner().invoke(main, ["train", "--dataset", str(tiny_dataset), "--out-dir", str(tmp_path / "r"),
                                     "--hard-negative-rounds", "1", "--n-workers", "1"])
     assert res.exit_code == 2 and "full-body" in res.output, res.output
+
+
+def test_weighted_training_stacks_meta_and_base_in_calibration_and_the_bundle_reproduces_it(full_body_run, full_body_data):
+    from metadask.dataset.source import open_dataset
+    from metadask.models.bundle import load_model
+
+    result, out = full_body_run
+    assert result.details["calibration_method"] == "stacked"
+    stacked = [c for c in result.model.calibrators if c.method == "stacked"]
+    assert {c.params["base_column"] for c in stacked} >= {"donor_score", "acceptor_score"}
+    ds = open_dataset(full_body_data / "train")
+    df = ds.read_file(ds.files[0])
+    loaded = load_model(out / "model")
+    np.testing.assert_allclose(loaded.predict_proba(df), result.model.predict_proba(df), rtol=1e-9, atol=1e-12)
+    # the base score moves the calibrated probability: raising it raises p_donor, all else equal
+    bumped = df.assign(donor_score=np.minimum(df["donor_score"] * 4 + 0.05, 1.0))
+    d = stacked[[c.params["base_column"] for c in stacked].index("donor_score")]
+    assert d.params["b"] > 0
+    assert (loaded.predict_proba(bumped)[:, 1] >= loaded.predict_proba(df)[:, 1] - 1e-12).mean() > 0.5
+
+
+def test_a_stacked_calibrator_recovers_a_known_blend_of_meta_and_base():
+    from metadask.models.calibration import fit_calibrator
+
+    rng = np.random.default_rng(3)
+    zm, zb = rng.normal(0, 2, 20000), rng.normal(0, 2, 20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-(0.6 * zm + 0.4 * zb - 0.5)))
+    cal = fit_calibrator(1 / (1 + np.exp(-zm)), y, "stacked", base=1 / (1 + np.exp(-zb)), base_column="donor_score")
+    assert cal.params["a"] == pytest.approx(0.6, abs=0.08) and cal.params["b"] == pytest.approx(0.4, abs=0.08)
+    assert cal.params["c"] == pytest.approx(-0.5, abs=0.1)
+    with pytest.raises(ValueError, match="base score"):
+        cal(np.array([0.5]))
