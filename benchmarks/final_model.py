@@ -4,8 +4,10 @@ Out-of-fold quality cannot tell them apart (both report the fold models' out-of-
 scores, identical by construction), so this case holds out a fifth of the genes, trains
 ``single`` with ``--final-model refit`` and ``--final-model cv-ensemble`` on the rest (no
 analysis), and scores the held-out genes with each calibrated final model: binary F1 at 0.5
-and AP (splice = donor + acceptor), AP per class. It also reports the training CPU-seconds
-(client + workers) and the held-out prediction time of each model.
+and AP (splice = donor + acceptor), AP per class. It also reports the held-out prediction
+CPU of each model and the training CPU-seconds (client + workers); the first variant's
+includes the cluster's warm-up (imports on the workers), so compare training CPU with
+``cpu_profile``, which starts a fresh process per run.
 
     python -m benchmarks final_model [--dataset PATH | --genes 300] [--n-estimators 100] [--tiny]
 """
