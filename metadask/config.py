@@ -30,9 +30,17 @@ dask.config.update_defaults({"metadask": DEFAULTS})
 StrategyName = Literal["auto", "single", "batch-ensemble", "distributed", "incremental"]
 
 
+_MISSING = object()
+
+
 def setting(key: str) -> Any:
-    """A ``metadask.<key>`` value from dask.config (defaults from metadask.yaml)."""
-    return dask.config.get(f"metadask.{key}")
+    """A ``metadask.<key>`` value from dask.config (defaults from metadask.yaml).
+
+    Falls back to the metadask.yaml default when dask.config lost it (metadask first imported
+    inside a ``dask.config.set`` block, whose exit restores the config of before the import).
+    """
+    value = dask.config.get(f"metadask.{key}", _MISSING)
+    return _default(key) if value is _MISSING else value
 
 
 def _default(key: str) -> Any:
