@@ -3,7 +3,7 @@
 Three guards, used by :func:`metadask.training.train` and :class:`~metadask.strategies.base.TrainContext`:
 
 * :func:`check_worker_memory` (right after connecting): a worker whose memory limit cannot
-  hold an idle worker process with metadask's libraries (:data:`~metadask.plan.TASK_BASE_BYTES`)
+  hold a worker process with metadask's libraries and the smallest task (:data:`~metadask.plan.TASK_BASE_BYTES`)
   below Dask's pause threshold, or a worker already paused for memory, is refused before any
   work: such a worker would pause and every task would wait for it forever.
 * :func:`apply_fit_slots` (after the plan): each worker gets a Dask worker resource
@@ -80,9 +80,9 @@ def plan_inputs(client: Any) -> dict[str, Any]:
 def check_worker_memory(client: Any) -> None:
     """Refuse a worker too small to start, or already paused for memory (:class:`ClusterError`).
 
-    An idle worker with metadask, XGBoost, pandas and pyarrow loaded holds about
-    :data:`~metadask.plan.TASK_BASE_BYTES`; a memory limit whose pause threshold is below that
-    pauses the worker as soon as it imports them, and every task then waits forever.
+    A worker process with metadask, XGBoost, pandas and pyarrow loaded and the smallest task
+    needs about :data:`~metadask.plan.TASK_BASE_BYTES` (an idle one alone 230-350 MiB); below
+    that a worker pauses as soon as it works, and every task then waits for it.
     """
     pause = pause_fraction()
     for address, info in sorted(workers_info(client).items()):
@@ -90,8 +90,8 @@ def check_worker_memory(client: Any) -> None:
         status = str(info.get("status", ""))
         if limit * pause < TASK_BASE_BYTES or status == "paused":
             why = (f"it is paused for memory already ({format_bytes(_held(info))} held)" if status == "paused" else
-                   f"an idle worker process with metadask's libraries holds ~{format_bytes(TASK_BASE_BYTES)}, more than "
-                   f"the {pause:.0%} of the limit at which Dask pauses it")
+                   f"a worker process with metadask's libraries and the smallest training task needs "
+                   f"~{format_bytes(TASK_BASE_BYTES)}, more than the {pause:.0%} of the limit at which Dask pauses it")
             raise ClusterError(
                 f"Worker {address} has a {format_bytes(limit)} memory limit, too small to start training: {why}. "
                 f"Give workers at least {format_bytes(_min_worker_memory(pause))} (--memory-limit), or fewer, larger "
