@@ -160,3 +160,37 @@ def test_boosted_models_predict_through_inplace_predict_exactly_as_through_a_dma
     bare = np.column_stack([b.predict(xgb.DMatrix(x), output_margin=True) for b in model.boosters])
     np.testing.assert_array_equal(booster_margins(model.boosters, x), bare)
     np.testing.assert_array_equal(model.predict_margin(x), bare)
+
+
+def test_more_files_than_the_window_of_tasks_all_arrive_in_file_order(model_dir, unlabelled, tmp_path, client, caplog):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i, f in enumerate(sorted(unlabelled.glob("*.parquet"))):
+        table = pq.read_table(f)
+        step = -(-table.num_rows // 3)
+        for j in range(3):  # 12 files; the window holds twice the cluster's 2 threads
+            pq.write_table(table.slice(j * step, step), src / f"f{i}_{j}.parquet")
+    caplog.set_level(logging.INFO, logger="metadask")
+    out = tmp_path / "pred"
+    rows = _rows(src)
+    assert predict_dataset(model_dir, src, out, client=client) == len(rows)
+    assert len(list(out.glob("part.*.parquet"))) == 12
+    p = pd.read_parquet(out)
+    np.testing.assert_array_equal(p["position"].to_numpy(), rows["position"].to_numpy())
+    np.testing.assert_allclose(p["prob_donor"], load_model(model_dir).predict_proba(rows)[:, 1], rtol=1e-6, atol=1e-7)
+    lines = [r.getMessage() for r in caplog.records if "] scored" in r.getMessage()]
+    assert len(lines) == 12 and lines[-1].startswith("[12/12]")
+
+
+def test_a_file_reads_into_the_float32_matrix_with_absent_kmers_as_zero(tiny_dataset):
+    ds = open_dataset(tiny_dataset)
+    drifted = next(c for c in ds.schema.kmer_columns if ds.schema.drift.get(c))
+    file = ds.schema.drift[drifted][0]
+    features = [drifted, "donor_score", "3mer_ZZZ"]  # a column the dataset never has reads as 0 too
+    x, ids = ds.read_file_matrix(file, features, ["gene_id", "position"])
+    df = ds.read_file(file, ["gene_id", "position", drifted, "donor_score"])
+    assert x.dtype == np.float32 and x.flags["C_CONTIGUOUS"] and x.shape == (len(df), 3)
+    np.testing.assert_array_equal(x[:, 0], 0)
+    np.testing.assert_array_equal(x[:, 1], df["donor_score"].to_numpy(dtype=np.float32))
+    np.testing.assert_array_equal(x[:, 2], 0)
+    assert ids.column_names == ["gene_id", "position"] and ids.num_rows == len(df)
