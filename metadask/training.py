@@ -245,13 +245,13 @@ def train(
             ds, index = _mine(full, ds, index, result, config, c, out, r)
             result, ctx = _fit_round(ds, index, features, dict(screening.excluded), config, c, spec,
                                      Journal(out / "journal" / f"round{r}", config.resume), timings, f"training_round{r}")
-        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof), result)
         result.out_dir = str(out)
         result.timings = timings
 
         t = time.perf_counter()
         artifacts = full_body_evaluation(result, full or (ds, index), eval_ds, config, c, out)
         timings["full_body_evaluation"] = time.perf_counter() - t
+        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof), result)  # after any recalibration
         t = time.perf_counter()
         artifacts += _write_core_artifacts(out, result, ds, config)
         notes: list[str] = []
@@ -397,6 +397,12 @@ def full_body_evaluation(result: TrainingResult, full: tuple[Dataset, Any], eval
         eval_index = build_gene_index(eval_ds, cache=out / "cache" / "eval_gene_index.parquet")
     if eval_ds is not None:
         source = f"every position of {eval_index.n_genes} genes of {eval_ds.url}, out of fold"
+        if recalibrate_on_full_body(result, config):
+            # unweighted sampled training rows do not stand for every position: fit the (stacked)
+            # calibrators on a weighted sample of the full-body out-of-fold scores instead, then score again
+            _, _, sample = fb.evaluate_training_run(result, eval_ds, eval_index, client, source=source,
+                                                    calibration_rows=FULL_BODY_CALIBRATION_ROWS)
+            calibrate_on_full_body(result, sample, config)
         by_fold, metrics = fb.evaluate_training_run(result, eval_ds, eval_index, client, source=source)
     elif "weight" in result.oof:
         source = "weighted out-of-fold sampled rows (inverse inclusion probabilities): an estimate of every position"
@@ -421,6 +427,57 @@ def full_body_evaluation(result: TrainingResult, full: tuple[Dataset, Any], eval
     files = fb.write_full_body(out / fb.FULL_BODY_DIR, by_fold, metrics,
                                skip_plots=config.skip_plots or not config.analysis)
     return [f"{fb.FULL_BODY_DIR}/{f}" for f in files]
+
+
+FULL_BODY_CALIBRATION_ROWS = 2000
+"""Per evaluation task, at most about this many hard and this many easy negatives (plus every site) are
+sampled, weighted, for calibrators fitted on the full-body distribution."""
+
+
+def recalibrate_on_full_body(result: TrainingResult, config: TrainConfig) -> bool:
+    """Whether the calibrators are refitted on full-body out-of-fold scores: unweighted training rows,
+    ``--calib-method auto`` and per-class calibration on."""
+    return config.calibrate_per_class and config.calib_method == "auto" and "weight" not in result.oof
+
+
+def calibrate_on_full_body(result: TrainingResult, sample: pd.DataFrame, config: TrainConfig) -> None:
+    """Refit the calibrators on a weighted sample of full-body positions scored out of fold.
+
+    The calibrators of fold ``f`` are fitted on the sample rows of the other folds' genes (cross-fitted);
+    the final model's on the rows of every training fold. The out-of-fold sampled rows' ``prob_*``
+    are recomputed with their fold's new calibrators, so every artifact uses the deployed calibration.
+    """
+    method = calibration_method("auto", weighted=True, features=result.model.features)
+    raw = sample[[f"raw_{c}" for c in LABELS]].to_numpy()
+    base = sample[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
+    y, w, folds = sample["label"].to_numpy(), sample["weight"].to_numpy(), sample["fold"].to_numpy()
+
+    def fit(rows: np.ndarray) -> list[Any]:
+        out = []
+        for k in range(len(LABELS)):
+            if method == "stacked" and BASE_SCORE_COLUMNS[k] in result.model.features:
+                out.append(fit_calibrator(raw[rows, k], y[rows] == k, "stacked", w[rows], base=base[rows, k],
+                                          base_column=BASE_SCORE_COLUMNS[k]))
+            else:
+                out.append(fit_calibrator(raw[rows, k], y[rows] == k, "platt", w[rows]))
+        return out
+
+    trained = folds >= 0
+    for f in result.fold_calibrators or {int(f): None for f in np.unique(result.oof["fold"])}:
+        result.fold_calibrators[f] = fit(folds != f)
+    result.model.calibrators = fit(trained if trained.any() else np.ones(len(folds), bool))
+    oof = result.oof
+    oraw = oof[[f"raw_{c}" for c in LABELS]].to_numpy()
+    obase = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
+    cal = np.empty_like(oraw)
+    for f, rows in oof.groupby("fold").indices.items():
+        cals = result.fold_calibrators.get(int(f), result.model.calibrators)
+        for k, c in enumerate(cals):
+            cal[rows, k] = c(oraw[rows, k], obase[rows, k]) if c.base_column else c(oraw[rows, k])
+    oof[list(PROB_COLUMNS)] = combine(cal)
+    result.details["calibration_method"] = f"{method} on full-body positions"
+    log.info("Calibration refitted on full-body out-of-fold scores: %s per class, %s sampled positions standing for "
+             "%s (cross-fitted over %d folds)", method, f"{len(sample):,}", f"{w.sum():,.0f}", len(result.fold_calibrators))
 
 
 def _screening_lines(screening) -> list[str]:

@@ -317,8 +317,13 @@ def check_eval_dataset(dataset: Dataset, features: Sequence[str]) -> None:
                          f"{preview(lacking)}.")
 
 
-def score_stats(dataset: Dataset, genes: Sequence[str], files: Sequence[str], model: MetaModel) -> ScoreStats:
-    """Worker task: read ``genes``, score them with ``model`` and the base model, return statistics."""
+def score_stats(dataset: Dataset, genes: Sequence[str], files: Sequence[str], model: MetaModel,
+                calibration_rows: int = 0) -> ScoreStats | tuple[ScoreStats, pd.DataFrame]:
+    """Worker task: read ``genes``, score them with ``model`` and the base model, return statistics.
+
+    With ``calibration_rows`` > 0 it also returns a weighted sample of the scored positions for
+    fitting calibrators on the full-body distribution (:func:`calibration_sample`).
+    """
     present = [f for f in model.features if f in dataset.schema.columns]
     xp, meta = dataset.read_matrix(genes, present, files=files, columns=_eval_columns(dataset))
     if len(present) == len(model.features):
@@ -330,8 +335,36 @@ def score_stats(dataset: Dataset, genes: Sequence[str], files: Sequence[str], mo
     del xp
     y = label_vector(meta, dataset.label_column)
     base = meta[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
-    proba = model.predict_proba(x)
-    return stats_of(y, base, proba, meta[dataset.gene_column].astype(str).to_numpy())
+    raw = model.raw_proba(x)
+    gene_ids = meta[dataset.gene_column].astype(str).to_numpy()
+    stats = stats_of(y, base, model.calibrate(raw, x), gene_ids)
+    if not calibration_rows:
+        return stats
+    return stats, calibration_sample(y, raw, base, gene_ids, calibration_rows)
+
+
+HARD_SCORE = 0.01
+"""Negatives whose base or raw meta donor / acceptor score reaches this are "hard" in the calibration sample."""
+
+
+def calibration_sample(y: np.ndarray, raw: np.ndarray, base: np.ndarray, genes: np.ndarray, rows: int) -> pd.DataFrame:
+    """A weighted sample of scored positions: every site, hard negatives and easy ones, each with 1 / its probability.
+
+    At most about ``rows`` hard and ``rows`` easy negatives per call (seeded by the genes), so the
+    client's share stays bounded whatever the number of positions.
+    """
+    rng = np.random.default_rng(zlib.crc32(("|".join(sorted(set(genes.tolist())))).encode()))
+    hard = (y == 0) & ((base[:, 1:].max(axis=1) >= HARD_SCORE) | (raw[:, 1:].max(axis=1) >= HARD_SCORE))
+    easy = (y == 0) & ~hard
+    p = np.ones(len(y))
+    p[hard] = min(1.0, rows / max(1, int(hard.sum())))
+    p[easy] = min(0.01, rows / max(1, int(easy.sum())))
+    keep = (y != 0) | (rng.random(len(y)) < p)
+    out = pd.DataFrame({"gene": genes[keep], "label": y[keep].astype(np.int8), "weight": 1.0 / p[keep]})
+    for k, c in enumerate(("neither", "donor", "acceptor")):
+        out[f"raw_{c}"] = raw[keep, k]
+        out[BASE_SCORE_COLUMNS[k]] = base[keep, k]
+    return out
 
 
 def pseudo_fold(gene: str) -> int:
@@ -347,7 +380,8 @@ def score_full_body(
     *,
     max_rows: int = 400_000,
     pseudo_folds: bool = False,
-) -> dict[int, ScoreStats]:
+    calibration_rows: int = 0,
+) -> dict[int, ScoreStats] | tuple[dict[int, ScoreStats], pd.DataFrame]:
     """Score every gene of ``dataset`` on the workers; statistics per fold.
 
     ``gene_folds`` maps a training gene to its CV fold; other genes go to :data:`UNSEEN`
@@ -369,17 +403,24 @@ def score_full_body(
         if f not in models:
             models[f] = client.scatter(model_for_fold(f), broadcast=False, hash=False)
         for gs, _ in gene_partitions(index, members, max_rows=max_rows):
-            fut = client.submit(score_stats, dataset, gs.genes, gs.files, models[f], pure=False, priority=3)
+            fut = client.submit(score_stats, dataset, gs.genes, gs.files, models[f], calibration_rows, pure=False,
+                                priority=3)
             futures[fut] = (group, len(gs.genes))
     out: dict[int, ScoreStats] = {}
+    samples: list[pd.DataFrame] = []
     t0, n = time.perf_counter(), len(futures)
     for i, fut in enumerate(as_completed(list(futures), loop=client.loop), 1):
         group, n_genes = futures.pop(fut)
         stats = fut.result()
         fut.release()
+        if calibration_rows:
+            stats, rows = stats
+            samples.append(rows.assign(fold=group))
         out.setdefault(group, ScoreStats()).merge(stats)
         log.info("[%d/%d] full-body evaluation: %d genes, %s positions (elapsed %.0f s)", i, n, n_genes,
                  f"{int(stats.positions):,}", time.perf_counter() - t0)
+    if calibration_rows:
+        return out, pd.concat(samples, ignore_index=True)
     return out
 
 
@@ -439,7 +480,9 @@ def full_body_section(metrics: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return rows
 
 
-def evaluate_training_run(result: Any, dataset: Dataset, index: Any, client: Any, *, source: str) -> tuple[dict[int, ScoreStats], dict[str, Any]]:
+def evaluate_training_run(result: Any, dataset: Dataset, index: Any, client: Any, *, source: str,
+                          calibration_rows: int = 0) -> tuple[dict[int, ScoreStats], dict[str, Any]] | tuple[
+                              dict[int, ScoreStats], dict[str, Any], pd.DataFrame]:
     """Score every position of ``dataset``: a training gene with its fold's model, others with the final model.
 
     A strategy without fold models (a third-party one) gets every gene scored by the final
@@ -455,12 +498,14 @@ def evaluate_training_run(result: Any, dataset: Dataset, index: Any, client: Any
     n_trained = sum(1 for g in index.genes if str(g) in trained)
     log.info("Full-body evaluation of %s: %d genes (%d in training folds, scored by their fold's model; %d unseen, "
              "scored by the final model)", dataset.url, index.n_genes, n_trained, index.n_genes - n_trained)
-    by_fold = score_full_body(dataset, index, model_for, folds, client, pseudo_folds=not folds)
+    scored = score_full_body(dataset, index, model_for, folds, client, pseudo_folds=not folds,
+                             calibration_rows=calibration_rows)
+    by_fold, sample = scored if calibration_rows else (scored, None)
     metrics = full_body_metrics(by_fold, source=source)
     if not folds and n_trained:
         log.warning("Strategy '%s' keeps no fold models: %d training genes were scored in sample.", result.strategy, n_trained)
         metrics["in_sample_genes"] = n_trained
-    return by_fold, metrics
+    return (by_fold, metrics, sample) if calibration_rows else (by_fold, metrics)
 
 
 def weighted_oof_stats(oof: pd.DataFrame) -> dict[int, ScoreStats]:
