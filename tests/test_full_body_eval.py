@@ -277,3 +277,29 @@ def test_a_stacked_calibrator_recovers_a_known_blend_of_meta_and_base():
     assert cal.params["c"] == pytest.approx(-0.5, abs=0.1)
     with pytest.raises(ValueError, match="base score"):
         cal(np.array([0.5]))
+
+
+def test_unweighted_sampled_training_is_calibrated_and_thresholded_on_the_eval_full_bodies(full_body_data, cluster):
+    """The upstream case: sampled rows without weights, judged with --eval-dataset on the genes' full bodies."""
+    import pyarrow.parquet as pq
+    from distributed import Client
+
+    import metadask
+    from metadask.dataset.sampling import SamplingRules, write_sampled_dataset
+
+    root = full_body_data / "upstream"
+    with Client(cluster) as c:
+        write_sampled_dataset(full_body_data / "train", root / "weighted", SamplingRules(hard_threshold=0.15), 42, client=c)
+        (root / "sampled" / "master").mkdir(parents=True)
+        for f in sorted((root / "weighted" / "master").glob("*.parquet")):  # drop the weights: an upstream sample
+            pq.write_table(pq.read_table(f).drop(["sample_weight"]), root / "sampled" / "master" / f.name)
+        result = metadask.train(root / "sampled", root / "run", client=c, n_estimators=30, n_folds=3, analysis=False,
+                                eval_dataset=str(full_body_data / "train"))
+    assert "weight" not in result.oof
+    assert result.details["calibration_method"] == "stacked on full-body positions"
+    assert "stacked" in {c.method for c in result.model.calibrators}
+    assert sorted(result.fold_calibrators) == sorted(set(result.folds))
+    metrics = json.loads((root / "run" / "full_body_evaluation" / "metrics.json").read_text())
+    assert metrics["meta"]["genes"] == 30 and "every position" in result.model.thresholds["source"]
+    p = result.oof[["prob_neither", "prob_donor", "prob_acceptor"]].to_numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
