@@ -373,3 +373,27 @@ def test_shared_batch_reads_resume_only_the_missing_classes(client, tiny_dataset
     trained = set(re.findall(r"\[\d+/\d+\] member fit (\S+) \(", caplog.text))
     assert trained == missing and len(reused) == 6 and not reused & missing
     pd.testing.assert_frame_equal(first.oof, again.oof, check_exact=True)
+
+
+def test_cached_boosters_load_each_member_once_and_never_confuse_boosters():
+    from metadask.strategies import batch_ensemble as be
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+
+    def fit(seed: int) -> FitOutput:
+        y = (x[:, seed % 4] > seed / 10).astype(np.float32)  # a different model for every seed
+        b = xgb.train({"max_depth": 2, "seed": seed}, xgb.DMatrix(x, label=y), num_boost_round=3)
+        return FitOutput(booster=booster_to_bytes(b), best_iteration=2, n_trees=3, seconds=0.0, rows=200)
+
+    member_a, member_b = [fit(s) for s in (1, 2, 3)], [fit(s) for s in (5, 6, 7)]
+    be._booster_cache.clear()
+    first = be.cached_boosters(member_a)
+    assert all(a is b for a, b in zip(be.cached_boosters(member_a), first))  # the same loaded objects: loaded once
+    other = be.cached_boosters(member_b)
+    assert all(o is not f for o, f in zip(other, first))
+    for boosters, member in ((first, member_a), (other, member_b)):
+        for b, f in zip(boosters, member):
+            expected = xgb.Booster(model_file=bytearray(f.booster)).inplace_predict(x, predict_type="margin")
+            np.testing.assert_array_equal(b.inplace_predict(x, predict_type="margin"), expected)
+    be._booster_cache.clear()
