@@ -133,8 +133,8 @@ def timed(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
     return out
 
 
-def scan_files(frame: Any, label_column: str, rows: int, where: str) -> tuple[str, int]:
-    """A directory of hard links to one unlabelled parquet file of ``frame``: about ``rows`` rows."""
+def scan_files(frame: Any, label_column: str, n_files: int, where: str) -> tuple[str, int]:
+    """A directory of ``n_files`` hard links to one unlabelled parquet file of ``frame``; its rows."""
     import shutil
 
     os.makedirs(where, exist_ok=True)
@@ -144,7 +144,6 @@ def scan_files(frame: Any, label_column: str, rows: int, where: str) -> tuple[st
         scan = frame.drop(columns=[label_column])
         scan = scan.astype({c: "float32" for c in scan.columns if scan[c].dtype == "float64"})
         scan.to_parquet(base, index=False)
-    n_files = max(1, round(rows / len(frame)))
     out = os.path.join(where, f"scan_{n_files}")
     os.makedirs(out, exist_ok=True)
     for i in range(n_files):
@@ -187,8 +186,10 @@ def scan(model: Any, frame: Any, label_column: str, sizes: list[int], client: An
     # mean of the bare figures on either side of it (the machine's load changes over minutes)
     bare = [bare_rows_per_s(boosters, x, workers, repeats)[0]]
     print(f"  scan: bare inplace_predict, {workers} threads: {bare[-1]:,.0f} rows/s", flush=True)
+    # files per size: the first size rounded to whole files, the others in exact proportion to it
+    first = max(1, round(sizes[0] / len(frame)))
     for i, size in enumerate(sizes):
-        path, rows = scan_files(frame, label_column, size, os.path.join(tmp, "scan"))
+        path, rows = scan_files(frame, label_column, max(1, round(first * size / sizes[0])), os.path.join(tmp, "scan"))
         if i == 0:  # warm-up (imports, the model's first trip to the workers), untimed
             predict_dataset(model, path, out, overwrite=True, client=client)
         before = psutil.Process().memory_info().rss
