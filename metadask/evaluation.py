@@ -8,10 +8,8 @@ cross-fitted over hash groups of genes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from metadask.cluster import CONNECT_OPTIONS, connect
 from metadask.dataset.index import build_gene_index
 from metadask.dataset.source import open_dataset
 from metadask.errors import ConfigError, OutputError
+from metadask.io import atomic_write_dir
 from metadask.models.base import MetaModel
 from metadask.models.bundle import load_model
 
@@ -57,7 +56,6 @@ def evaluate(
         raise ConfigError(f"--threshold must be in (0, 1] (found {t}). Use e.g. --threshold 0.5.")
     ds = open_dataset(dataset, storage_options=storage_options, label_column=label_column, gene_column=gene_column)
     fb.check_eval_dataset(ds, m.features)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with connect(client=client, **cluster_options) as c, c.as_current():
         index = build_gene_index(ds)
         log.info("Evaluating %s on every row of %s: %d genes, %s rows", m.describe(), ds.url, index.n_genes,
@@ -66,15 +64,7 @@ def evaluate(
     source = f"every row of {index.n_genes} genes of {ds.url} (held out: scored by one model)"
     metrics = fb.full_body_metrics(by_fold, meta_threshold=t, source=source)
     metrics["model"] = {"description": m.describe(), "stored_thresholds": dict(m.thresholds)}
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        fb.write_full_body(tmp, by_fold, metrics, skip_plots=skip_plots)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+    atomic_write_dir(out, lambda tmp: fb.write_full_body(tmp, by_fold, metrics, skip_plots=skip_plots))
     log.info("Evaluation: binary F1 meta %.3f at threshold %.3f vs base %.3f; AP donor %.3f vs %.3f, acceptor %.3f vs "
              "%.3f; written to %s", metrics["meta"]["f1_at_threshold"], t, metrics["base"]["f1_at_threshold"],
              metrics["meta"]["ap_donor"], metrics["base"]["ap_donor"], metrics["meta"]["ap_acceptor"],

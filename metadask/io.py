@@ -96,7 +96,10 @@ def atomic_write_dir(path: str | os.PathLike, writer: Callable[[Path], None]) ->
             os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise output_error(path, exc) from None
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists() or old.is_symlink():
+        old.unlink()  # a file (or link) stood where the directory goes
     return path
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -46,6 +44,7 @@ from metadask.dataset.sampling import SamplingRules, _plan
 from metadask.dataset.schema import MINED_COLUMN, WEIGHT_COLUMN, encode_labels, gene_keys
 from metadask.dataset.source import Dataset
 from metadask.errors import option_error
+from metadask.io import atomic_write_dir
 from metadask.models.base import MetaModel
 from metadask.models.thresholds import splice_score
 
@@ -136,21 +135,22 @@ def mine_round(full: Dataset, full_index: GeneIndex, sample: Dataset, sample_ind
 
     rules.validate()
     genes = [str(g) for g in sample_index.genes]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    (tmp / "master").mkdir(parents=True)
     schema = _schema(full)
     scattered = client.scatter(model, broadcast=False, hash=False)
     parts = gene_partitions(full_index, genes, max_rows=max_rows)
-    futures = {}
-    for i, (gs, _) in enumerate(parts):
-        path = str(tmp / "master" / f"batch_{i:05d}.parquet")
-        fut = client.submit(mine_part, full, sample, list(gs.genes), list(gs.files), sample_index.files_for(gs.genes),
-                            scattered, sampling, seed, rules, round_, path, schema, pure=False,
-                            key=f"metadask-mine-r{round_}-{i}-{uuid.uuid4().hex[:6]}")
-        futures[fut] = i
-    summaries = []
-    t0 = time.perf_counter()
-    try:
+    info: dict[str, Any] = {}
+
+    def write(tmp: pathlib.Path) -> None:
+        (tmp / "master").mkdir()
+        futures = {}
+        for i, (gs, _) in enumerate(parts):
+            path = str(tmp / "master" / f"batch_{i:05d}.parquet")
+            fut = client.submit(mine_part, full, sample, list(gs.genes), list(gs.files),
+                                sample_index.files_for(gs.genes), scattered, sampling, seed, rules, round_, path, schema,
+                                pure=False, key=f"metadask-mine-r{round_}-{i}-{uuid.uuid4().hex[:6]}")
+            futures[fut] = i
+        summaries = []
+        t0 = time.perf_counter()
         for n, fut in enumerate(as_completed(list(futures)), 1):
             part = fut.result()
             summaries.append(part)
@@ -158,16 +158,14 @@ def mine_round(full: Dataset, full_index: GeneIndex, sample: Dataset, sample_ind
                      len(futures), round_, len(part), int(part["n_mined"].sum()), time.perf_counter() - t0)
         manifest = pd.concat(summaries, ignore_index=True).sort_values("gene_id", kind="stable")
         manifest.to_csv(tmp / "master" / "gene_manifest.csv", index=False)
-        info = {"round": round_, "source": full.url, "seed": seed, "sampling": sampling.to_dict(), "mining": asdict(rules),
-                "n_rows": int(manifest["n_rows"].sum()), "n_positions": int(manifest["n_positions"].sum()),
-                "n_mined": int(manifest["n_mined"].sum()), "n_mined_total": int(manifest["n_mined_total"].sum()),
-                "weight_sum": float(manifest["weight_sum"].sum())}
+        info.update({"round": round_, "source": full.url, "seed": seed, "sampling": sampling.to_dict(),
+                     "mining": asdict(rules), "n_rows": int(manifest["n_rows"].sum()),
+                     "n_positions": int(manifest["n_positions"].sum()), "n_mined": int(manifest["n_mined"].sum()),
+                     "n_mined_total": int(manifest["n_mined_total"].sum()),
+                     "weight_sum": float(manifest["weight_sum"].sum())})
         (tmp / "sampling.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_write_dir(out_dir, write)
     log.info("Hard-negative mining round %d: %d negatives added (%d in all rounds); the sample now holds %s of %s "
              "positions (weights sum to %s) -> %s", round_, info["n_mined"], info["n_mined_total"], f"{info['n_rows']:,}",
              f"{info['n_positions']:,}", f"{info['weight_sum']:,.0f}", out_dir)
