@@ -42,6 +42,8 @@ class Journal:
     def __init__(self, root: str | os.PathLike, enabled_for_reuse: bool):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*.tmp-*"):  # a write cut short by a killed client (atomic_write's temporaries)
+            stale.unlink(missing_ok=True)
         self.reuse = enabled_for_reuse
         self.reused: list[str] = []
 
