@@ -112,6 +112,23 @@ def run_workflow(name: str, train_path: Path, out: Path, opts: dict[str, Any], w
     return {"row": row, "base": {"workflow": "base", **_row(metrics, "base")}, "dir": out}
 
 
+def run_plan(tag: str, plan: list[tuple[str, Path | None, dict[str, Any]]], wanted: set[str], eval_path: Path,
+             speed_of: str, common: dict[str, Any], tmp: Path, workers: int) -> dict[str, Any]:
+    """Run the wanted workflows of ``plan``; rows (the base model's first) and the prediction speed of ``speed_of``."""
+    out: dict[str, Any] = {}
+    rows, base = [], None
+    for name, path, extra in plan:
+        if name not in wanted or path is None:
+            continue
+        r = run_workflow(name, path, tmp / f"{tag}_{name}", {**common, **extra}, workers)
+        rows.append(r["row"])
+        base = base or r["base"]
+        if name == speed_of:
+            out["prediction"] = prediction_speed(r["dir"] / "model", eval_path, workers)
+    out["rows"] = ([base] if base else []) + rows
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks full_body", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-estimators", type=int, default=300)
@@ -134,31 +151,14 @@ def main(argv: list[str] | None = None) -> None:
         if fb is None:
             results["real"] = {"skipped": "tiny run" if args.tiny else "../shared/data/real_fly_fullbody_3mer_60 not found"}
         else:
-            rows, base = [], None
             plan = [("sampled", real_data_path("real_fly_3mer"), {"eval_dataset": str(fb)}),
                     ("weighted", real_data_path("real_fly_3mer_weighted"), {"eval_dataset": str(fb)}),
                     ("library", fb, {}), ("mining", fb, {"hard_negative_rounds": 1})]
-            for name, path, extra in plan:
-                if name not in wanted or path is None:
-                    continue
-                r = run_workflow(name, path, tmp / f"real_{name}", {**common, **extra}, args.workers)
-                rows.append(r["row"])
-                base = base or r["base"]
-                if name == "weighted":
-                    results["real"]["prediction"] = prediction_speed(r["dir"] / "model", fb, args.workers)
-            results["real"]["rows"] = ([base] if base else []) + rows
+            results["real"].update(run_plan("real", plan, wanted, fb, "weighted", common, tmp, args.workers))
             results["real"]["eval"] = str(fb)
         syn = _synthetic_full_body(args.synthetic_genes, args.gene_length)
-        rows, base = [], None
-        for name, extra in (("library", {}), ("mining", {"hard_negative_rounds": 1})):
-            if name not in wanted:
-                continue
-            r = run_workflow(name, syn, tmp / f"syn_{name}", {**common, **extra}, args.workers)
-            rows.append(r["row"])
-            base = base or r["base"]
-            if name == "library":
-                results["synthetic"]["prediction"] = prediction_speed(r["dir"] / "model", syn, args.workers)
-        results["synthetic"]["rows"] = ([base] if base else []) + rows
+        plan = [("library", syn, {}), ("mining", syn, {"hard_negative_rounds": 1})]
+        results["synthetic"].update(run_plan("syn", plan, wanted, syn, "library", common, tmp, args.workers))
         results["synthetic"]["dataset"] = {"genes": args.synthetic_genes, "gene_length": args.gene_length}
     results["load_average"] = os.getloadavg()
     for part in ("real", "synthetic"):

@@ -101,6 +101,16 @@ def gene_memoriser(frame: pd.DataFrame, *, seed: int = 0, label_column: str = "s
     return out
 
 
+def _registered_name(strategy: Any) -> str:
+    """The name of ``strategy`` (a name, or a Strategy class registered here first)."""
+    from metadask.strategies.registry import register_strategy
+
+    if isinstance(strategy, type):
+        register_strategy(strategy)
+        return strategy.name
+    return str(strategy)
+
+
 def make_canary_dataset(out: str | os.PathLike, n_genes: int = 60, *, rows_per_gene: int = 60, seed: int = 0,
                         genes_per_file: int = 20) -> Path:
     """A dataset where only a memorising feature tells the classes apart (the fold-honesty canary).
@@ -211,14 +221,9 @@ def check_strategy(
     from metadask.analysis.metrics import PROB_COLUMNS
     from metadask.dataset.source import open_dataset
     from metadask.models.bundle import load_model
-    from metadask.strategies.registry import register_strategy
     from metadask.training import train
 
-    if isinstance(strategy, type):
-        register_strategy(strategy)
-        name = strategy.name
-    else:
-        name = str(strategy)
+    name = _registered_name(strategy)
     tmp = Path(tmp_path)
     opts = {"n_folds": 3, "n_estimators": 20, "analysis": False, "seed": 0, **options, "strategy": name}
     runs = [train(dataset_path, tmp / f"{name}-run{i}", client=client, **opts) for i in (1, 2)]
@@ -390,14 +395,9 @@ def check_canary(strategy: str | type, client: Any, tmp_path: str | os.PathLike,
     """
     from metadask.dataset.schema import encode_labels
     from metadask.dataset.source import open_dataset
-    from metadask.strategies.registry import register_strategy
     from metadask.training import train
 
-    if isinstance(strategy, type):
-        register_strategy(strategy)
-        name = strategy.name
-    else:
-        name = str(strategy)
+    name = _registered_name(strategy)
     tmp = Path(tmp_path)
     data = Path(dataset) if dataset is not None else make_canary_dataset(tmp / "canary-data")
     opts = {"n_folds": 3, "n_estimators": 30, "early_stopping_rounds": 0, "analysis": False, "seed": 0,
