@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from metadask.cluster import CONNECT_OPTIONS, connect
+from metadask.cluster.watch import watched
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS, is_kmer
 from metadask.dataset.source import Dataset, open_dataset
 from metadask.errors import ConfigError, ModelError, OutputError, preview
@@ -248,7 +249,6 @@ def _run(model: MetaModel, ds: Dataset, ids: list[str], threshold: float, tmp: P
     the scheduler's and the client's memory stay the same whatever the number of files (and
     of rows): a graph of every file held ~65 KB of scheduler state per file until the end.
     """
-    from distributed import as_completed
 
     with connect(client=client, **cluster_options) as c:
         # the model and the dataset (which holds the file list) go to each worker once
@@ -268,7 +268,7 @@ def _run(model: MetaModel, ds: Dataset, ids: list[str], threshold: float, tmp: P
             return fut
 
         n_parts, total, t0 = len(ds.files), 0, time.perf_counter()
-        done = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
+        done = watched(c, [f for f in (submit() for _ in range(window)) if f is not None], "the prediction tasks")
         try:
             for n, fut in enumerate(done, 1):
                 rows = int(fut.result())

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metadask.cluster.watch import watched
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.rows import gene_partitions
 from metadask.dataset.sampling import SamplingRules, _plan
@@ -131,7 +132,6 @@ def mine_round(full: Dataset, full_index: GeneIndex, sample: Dataset, sample_ind
                out_dir: pathlib.Path, *, sampling: SamplingRules, seed: int, rules: MiningRules, round_: int,
                client: Any, max_rows: int = 2_000_000) -> pathlib.Path:
     """Write round ``round_``'s sample (``out_dir``): the current sample plus each gene's hardest negatives."""
-    from distributed import as_completed
 
     rules.validate()
     genes = [str(g) for g in sample_index.genes]
@@ -151,7 +151,7 @@ def mine_round(full: Dataset, full_index: GeneIndex, sample: Dataset, sample_ind
             futures[fut] = i
         summaries = []
         t0 = time.perf_counter()
-        for n, fut in enumerate(as_completed(list(futures)), 1):
+        for n, fut in enumerate(watched(client, list(futures), "the hard-negative mining tasks"), 1):
             part = fut.result()
             summaries.append(part)
             log.info("[%d/%d] hard-negative mining round %d: %d genes, %d negatives added (elapsed %.0f s)", n,

@@ -210,3 +210,73 @@ def test_incremental_partitions_shrink_to_what_each_thread_of_the_smallest_worke
     assert 1_000 <= small < 200_000
     share = TASK_BASE_BYTES + (int(2 * 2**30 * 0.6) - TASK_BASE_BYTES) // 4
     assert task_peak_bytes(small, 1_170) <= share < task_peak_bytes(small + 100, 1_170)
+
+
+def test_a_local_cluster_asking_too_little_memory_is_refused_even_before_its_worker_connects(monkeypatch):
+    """What CI met: the 250 MiB worker was restarting (not connected) when the run checked, so nothing was refused."""
+    from types import SimpleNamespace
+
+    from metadask.errors import ClusterError
+    from metadask.strategies import capacity
+
+    spec = {0: {"cls": object, "options": {"memory_limit": "250MiB", "nthreads": 1}}}
+    client = SimpleNamespace(cluster=SimpleNamespace(worker_spec=spec))
+    monkeypatch.setattr(capacity, "workers_info", lambda c: {})  # no worker connected yet
+
+    def no_wait(*a, **k):
+        raise AssertionError("the spec's limit must be refused without waiting for workers")
+
+    monkeypatch.setattr(capacity, "wait_for_workers", no_wait)
+    with pytest.raises(ClusterError, match=r"Worker 0 has a 250.0 MiB memory limit, too small to start training.*--memory-limit"):
+        capacity.check_worker_memory(client)
+
+
+def test_training_waits_for_a_worker_before_checking_and_fails_in_one_line_when_none_comes():
+    from metadask.errors import ClusterError
+    from metadask.strategies.capacity import check_worker_memory
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=r"Only 0 of the 1 workers asked for \(training\) connected .* within 1 s"):
+            check_worker_memory(client, wait_timeout=1)
+        assert time.monotonic() - t0 < 30
+
+
+def test_every_stage_waits_through_the_watchdog_a_gene_index_with_no_worker_ends_in_one_line(data: Path):
+    """Screening, the gene index, sampling, SHAP, evaluation, prediction: none may wait forever (metadask.cluster.watch)."""
+    import dask
+
+    from metadask.cluster.watch import gather
+    from metadask.dataset import build_gene_index, open_dataset
+    from metadask.errors import TrainingError
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client, \
+            dask.config.set({"metadask.no-workers-timeout": 1, "metadask.watchdog-interval": 0.2}):
+        t0 = time.monotonic()
+        with pytest.raises(TrainingError, match=r"no worker able to run the gene-index tasks for 1 s \(0 connected"):
+            build_gene_index(open_dataset(data / "master"))
+        futures = [client.submit(sum, [1, i]) for i in range(3)]
+        with pytest.raises(TrainingError, match=r"no worker able to run the feature-screening tasks"):
+            gather(client, futures, "the feature-screening tasks")
+        assert all(f.cancelled() for f in futures)
+        assert time.monotonic() - t0 < 60
+
+
+def test_a_watched_gather_returns_results_in_order_and_raises_the_first_failed_task_at_once():
+    from metadask.cluster.watch import gather
+
+    def slow(i):
+        time.sleep(0.05 * i)
+        return i * i
+
+    def boom():
+        raise ValueError("bad row in part 3")
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert gather(client, [client.submit(slow, i, pure=False) for i in (4, 1, 3, 0)], "the tasks") == [16, 1, 9, 0]
+        long = client.submit(time.sleep, 30, pure=False)
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="bad row in part 3"):
+            gather(client, [long, client.submit(boom, pure=False)], "the tasks")
+        assert time.monotonic() - t0 < 20

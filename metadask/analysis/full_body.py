@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metadask.cluster.watch import watched
 from metadask.dataset.rows import gene_partitions
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, is_kmer
 from metadask.dataset.source import Dataset, label_vector
@@ -388,7 +389,6 @@ def score_full_body(
     (or, with ``pseudo_folds``, to a hash group so thresholds can still be cross-fitted) and
     are scored by ``model_for_fold(UNSEEN)``.
     """
-    from distributed import as_completed
 
     genes = [str(g) for g in index.genes]
     # (model fold, statistics group) per gene: unseen genes may be split into hash groups
@@ -409,7 +409,7 @@ def score_full_body(
     out: dict[int, ScoreStats] = {}
     samples: list[pd.DataFrame] = []
     t0, n = time.perf_counter(), len(futures)
-    for i, fut in enumerate(as_completed(list(futures), loop=client.loop), 1):
+    for i, fut in enumerate(watched(client, list(futures), "the full-body evaluation tasks"), 1):
         group, n_genes = futures.pop(fut)
         stats = fut.result()
         fut.release()

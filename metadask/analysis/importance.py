@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metadask.cluster.watch import gather
 from metadask.dataset.schema import LABELS
 from metadask.io import write_csv
 from metadask.models.threads import limit_threads
@@ -84,7 +85,7 @@ def permutation_importance(client: Any, sample: Any, columns: Sequence[int], *, 
     light = [client.submit(part_rows, p, fraction, seed, pure=False) for p in sample.parts]
     chunks = [c.tolist() for c in np.array_split(np.asarray(columns), max(1, min(n_tasks, len(columns)))) if len(c)]
     futures = [client.submit(permutation_task, light, sample.model, chunk, n_repeats, seed, pure=False) for chunk in chunks]
-    rows = [r for part in client.gather(futures) for r in part]
+    rows = [r for part in gather(client, futures, "the permutation-importance tasks") for r in part]
     df = pd.DataFrame(rows)
     df.insert(0, "feature", [sample.features[j] for j in df.pop("feature_index")])
     return df

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metadask.cluster.watch import gather
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.rows import GeneSet, read_rows
 from metadask.dataset.sample import representative_genes
@@ -266,7 +267,7 @@ class ShapResult:
 def compute_shap(client: Any, sample: Sample, top_n: int = TOP_FEATURES) -> ShapResult:
     """Gather per-partition sums into mean |SHAP| per feature and class; fetch the top features' values."""
     t0 = time.perf_counter()
-    stats = client.gather([client.submit(part_stats, p, pure=False) for p in sample.parts])
+    stats = gather(client, [client.submit(part_stats, p, pure=False) for p in sample.parts], "the SHAP tasks")
     n = sum(s["rows"] for s in stats)
     features = sample.features
     abs_sum = sum(s["abs_sum"] for s in stats)
@@ -283,7 +284,7 @@ def compute_shap(client: Any, sample: Sample, top_n: int = TOP_FEATURES) -> Shap
                   "shap_rank": int(rank[j])} for j, f in enumerate(features)]
     table = pd.DataFrame(rows)
     columns = sorted({j for v in top.values() for j in v})
-    slices = client.gather([client.submit(part_slice, p, columns, pure=False) for p in sample.parts])
+    slices = gather(client, [client.submit(part_slice, p, columns, pure=False) for p in sample.parts], "the SHAP value slices")
     values = {key: np.concatenate([s[key] for s in slices]) for key in slices[0]} if slices else {}
     values["columns"] = np.asarray(columns)
     max_abs = max((s["max_abs_error"] for s in stats), default=0.0)

@@ -36,14 +36,15 @@ from metadask.cluster.probe import worker_probe
 from metadask.cluster.remote import connect_remote
 from metadask.cluster.report import collect_performance_report
 from metadask.cluster.workers import (
-    ClusterSpec, check_workers, client_versions, describe, wait_for_workers, worker_problem, workers_info,
+    ClusterSpec, check_workers, client_versions, describe, memory_held, memory_limit_of, wait_for_workers, worker_problem,
+    workers_info,
 )
 from metadask.config import env_scheduler_address, setting
 from metadask.errors import ConfigError, option_error
 
 __all__ = [
     "CONNECT_OPTIONS", "ClusterKind", "ClusterSpec", "check_workers", "client_versions", "collect_performance_report",
-    "connect", "describe", "k8s_quantity", "kubernetes_cluster_spec", "local_cluster_kwargs", "start_kubernetes_cluster",
+    "connect", "describe", "k8s_quantity", "memory_held", "memory_limit_of", "kubernetes_cluster_spec", "local_cluster_kwargs", "start_kubernetes_cluster",
     "wait_for_workers", "worker_probe", "worker_problem", "workers_info",
 ]
 

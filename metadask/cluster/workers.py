@@ -52,6 +52,16 @@ def workers_info(client: Client) -> dict[str, dict[str, Any]]:
     return dict(client.sync(client.scheduler.identity, n_workers=-1).get("workers", {}))
 
 
+def memory_limit_of(info: Mapping[str, Any]) -> int:
+    """A worker's memory limit from its scheduler entry (this machine's memory when it has none)."""
+    return int(info.get("memory_limit") or psutil.virtual_memory().total)
+
+
+def memory_held(info: Mapping[str, Any]) -> int:
+    """A worker's process memory as last reported to the scheduler."""
+    return int((info.get("metrics") or {}).get("memory") or 0)
+
+
 def describe(client: Client) -> ClusterSpec:
     """Read the workers' threads and memory limits from the scheduler."""
     workers = workers_info(client)

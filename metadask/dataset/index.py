@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metadask.cluster.watch import compute
 from metadask.dataset.schema import LABELS, encode_labels
 from metadask.dataset.source import Dataset, gene_keys
 from metadask.dataset.validate import SUMMARY_COLUMNS, check_across_files, check_file, row_check_columns
@@ -164,7 +165,7 @@ def build_gene_index(dataset: Dataset, *, cache: str | os.PathLike | None = None
             log.info("Reusing gene index %s (%d genes)", cache, cached.n_genes)
             return cached
     tasks = [dask.delayed(_index_file)(dataset, i, dask_key_name=f"metadask-index-{i}-{dataset.url}") for i in range(len(dataset.files))]
-    parts = dask.compute(*tasks)
+    parts = compute(tasks, "the gene-index tasks")
     per_file = pd.concat(parts, ignore_index=True)
     if per_file.empty:
         raise DatasetError(f"Dataset '{dataset.url}' has no rows. Point --dataset at a non-empty dataset.")

@@ -12,6 +12,7 @@ import dask
 import numpy as np
 import pandas as pd
 
+from metadask.cluster.watch import compute
 from metadask.dataset.index import GeneIndex, check_genes
 from metadask.dataset.source import Dataset
 from metadask.errors import option_error
@@ -66,7 +67,7 @@ def read_sample(
     check_genes(index, genes)
     files = index.files_for(genes)
     cols = None if columns is None else list(dict.fromkeys([dataset.gene_column, *columns]))
-    parts = dask.compute(*[dask.delayed(dataset.read_file)(f, cols, genes) for f in files])
+    parts = compute([dask.delayed(dataset.read_file)(f, cols, genes) for f in files], "the reads of the sample genes")
     if not parts:  # no genes: an empty frame with the right columns
         parts = (dataset.read_file(dataset.files[0], cols, genes=[]),)
     df = pd.concat(list(parts), ignore_index=True)

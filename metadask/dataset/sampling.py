@@ -47,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metadask.cluster.watch import watched
 from metadask.dataset.index import GeneIndex, build_gene_index, check_genes
 from metadask.dataset.rows import gene_partitions
 from metadask.dataset.schema import WEIGHT_COLUMN, encode_labels, gene_keys
@@ -439,14 +440,13 @@ def _run(ds: Dataset, groups: list[tuple[list[str], list[str]]], rules: Sampling
         for (genes, files), path in zip(groups, paths):
             done(_sample_part(ds, genes, files, rules, seed, path, schema, WEIGHT_COLUMN))
         return summaries
-    from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
     futures = [client.submit(_sample_part, ds, genes, files, rules, seed, path, schema, WEIGHT_COLUMN,
                              key=f"metadask-sample-{i}-{token}", pure=False)
                for i, ((genes, files), path) in enumerate(zip(groups, paths))]
     try:
-        for fut in as_completed(futures):
+        for fut in watched(client, futures, "the sampling tasks"):
             done(fut.result())
     finally:
         for fut in futures:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metadask.cluster.watch import gather
 from metadask.config import TrainConfig
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.sample import representative_genes
@@ -261,7 +262,7 @@ def _run_blocks(dataset: Dataset, files: list[str], genes: list[str], blocks: li
         token = uuid.uuid4().hex[:8]
         futures = [client.submit(screen_block, dataset, files, genes, cols, rows, pure=False,
                                  key=f"metadask-screen-{i}-{token}") for i, cols in enumerate(blocks)]
-        return client.gather(futures)
+        return gather(client, futures, "the feature-screening tasks")
     threads = max(1, min(LOCAL_THREADS, os.cpu_count() or 1, len(blocks)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(lambda cols: screen_block(dataset, files, genes, cols, rows), blocks))

@@ -26,14 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask.config
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from metadask.cluster import workers_info
+from metadask.cluster import memory_held, memory_limit_of, wait_for_workers, workers_info
+from metadask.cluster.watch import watched as _watched
 from metadask.config import setting
 from metadask.dataset.memory import format_bytes
 from metadask.errors import ClusterError, TrainingError
@@ -55,16 +55,6 @@ def pause_fraction() -> float:
     return 1.0
 
 
-def _held(info: dict[str, Any]) -> int:
-    return int((info.get("metrics") or {}).get("memory") or 0)
-
-
-def _limit(info: dict[str, Any]) -> int:
-    import psutil
-
-    return int(info.get("memory_limit") or psutil.virtual_memory().total)
-
-
 def plan_inputs(client: Any) -> dict[str, Any]:
     """What :func:`metadask.plan.choose_strategy` needs to know about the smallest worker besides its limit.
 
@@ -72,31 +62,68 @@ def plan_inputs(client: Any) -> dict[str, Any]:
     memory now) and ``pause_fraction`` (Dask's pause threshold).
     """
     workers = workers_info(client)
-    smallest = min(workers.values(), key=_limit) if workers else {}
-    return {"threads_per_worker": int(smallest.get("nthreads") or 1), "worker_held": _held(smallest) if smallest else 0,
+    smallest = min(workers.values(), key=memory_limit_of) if workers else {}
+    return {"threads_per_worker": int(smallest.get("nthreads") or 1), "worker_held": memory_held(smallest) if smallest else 0,
             "pause_fraction": pause_fraction()}
 
 
-def check_worker_memory(client: Any) -> None:
+def check_worker_memory(client: Any, wait_timeout: float | None = None) -> None:
     """Refuse a worker too small to start, or already paused for memory (:class:`ClusterError`).
 
     A worker process with metadask, XGBoost, pandas and pyarrow loaded and the smallest task
     needs about :data:`~metadask.plan.TASK_BASE_BYTES` (an idle one alone 230-350 MiB); below
-    that a worker pauses as soon as it works, and every task then waits for it.
+    that a worker pauses as soon as it works, and every task then waits for it. The limits a
+    cluster started here asks for (``LocalCluster``) are checked before any worker has to
+    connect: a worker that small may be restarted by its nanny as it starts and never stay
+    connected. Then at least one worker must connect (``wait_timeout``, default
+    ``metadask.worker-wait-timeout``), and each connected worker is checked.
     """
     pause = pause_fraction()
+    for name, limit in sorted(spec_memory_limits(client).items()):
+        if limit * pause < TASK_BASE_BYTES:
+            raise _too_small(name, limit, pause, None)
+    timeout = float(wait_timeout if wait_timeout is not None else setting("worker-wait-timeout"))
+    wait_for_workers(client, 1, timeout, asked_by="training",
+                     fix="Start workers (or check their logs: a worker that keeps restarting may be short of memory).")
     for address, info in sorted(workers_info(client).items()):
-        limit = _limit(info)
+        limit = memory_limit_of(info)
         status = str(info.get("status", ""))
         if limit * pause < TASK_BASE_BYTES or status == "paused":
-            why = (f"it is paused for memory already ({format_bytes(_held(info))} held)" if status == "paused" else
-                   f"a worker process with metadask's libraries and the smallest training task needs "
-                   f"~{format_bytes(TASK_BASE_BYTES)}, more than the {pause:.0%} of the limit at which Dask pauses it")
-            raise ClusterError(
-                f"Worker {address} has a {format_bytes(limit)} memory limit, too small to start training: {why}. "
-                f"Give workers at least {format_bytes(_min_worker_memory(pause))} (--memory-limit), or fewer, larger "
-                "workers (--n-workers)."
-            )
+            raise _too_small(address, limit, pause, memory_held(info) if status == "paused" else None)
+
+
+def spec_memory_limits(client: Any) -> dict[str, int]:
+    """Memory limits (bytes) the client's own cluster asks of its workers (a ``SpecCluster`` such as ``LocalCluster``).
+
+    Empty for a remote scheduler or a cluster that does not say.
+    """
+    from distributed.worker_memory import parse_memory_limit
+
+    spec = getattr(getattr(client, "cluster", None), "worker_spec", None) or {}
+    limits: dict[str, int] = {}
+    for name, entry in spec.items():
+        options = (entry or {}).get("options") or {}
+        value = options.get("memory_limit")
+        if value in (None, 0, "auto"):
+            continue
+        try:
+            limit = parse_memory_limit(value, int(options.get("nthreads") or 1), logger=log)
+        except (TypeError, ValueError):
+            continue
+        if limit:
+            limits[str(name)] = int(limit)
+    return limits
+
+
+def _too_small(worker: str, limit: int, pause: float, paused_held: int | None) -> ClusterError:
+    why = (f"it is paused for memory already ({format_bytes(paused_held)} held)" if paused_held is not None else
+           f"a worker process with metadask's libraries and the smallest training task needs "
+           f"~{format_bytes(TASK_BASE_BYTES)}, more than the {pause:.0%} of the limit at which Dask pauses it")
+    return ClusterError(
+        f"Worker {worker} has a {format_bytes(limit)} memory limit, too small to start training: {why}. "
+        f"Give workers at least {format_bytes(_min_worker_memory(pause))} (--memory-limit), or fewer, larger "
+        "workers (--n-workers)."
+    )
 
 
 def _min_worker_memory(pause: float) -> int:
@@ -221,72 +248,14 @@ def lost_to_memory(ctx: Any) -> Iterator[None]:
         raise error from None
 
 
-class Watchdog:
-    """Ends a wait when the cluster cannot make progress (see the module docs)."""
-
-    def __init__(self, client: Any, what: str, ctx: Any = None):
-        self.client, self.what, self.ctx = client, what, ctx
-        self.paused_timeout = float(setting("paused-worker-timeout"))
-        self.empty_timeout = float(setting("no-workers-timeout"))
-        self.paused_since: dict[str, float] = {}
-        self.empty_since: float | None = None
-        self.needs_slot = bool(ctx is not None and ctx.plan.get("resources"))
-
-    def check(self, waiting_for: str) -> None:
-        now = time.monotonic()
-        try:
-            workers = workers_info(self.client)
-        except Exception:  # noqa: BLE001 - the scheduler itself is gone: the client raises on its own
-            return
-        able = [a for a, i in workers.items()
-                if not self.needs_slot or (i.get("resources") or {}).get(FIT_RESOURCE, 0) > 0]
-        if able:
-            self.empty_since = None
-        else:
-            self.empty_since = self.empty_since or now
-            if now - self.empty_since > self.empty_timeout:
-                raise TrainingError(
-                    f"The cluster has had no worker able to run {waiting_for} for {self.empty_timeout:g} s "
-                    f"({len(workers)} connected; metadask.no-workers-timeout). Start workers with enough memory "
-                    f"(task {_estimate_text(self.ctx) if self.ctx is not None else 'size unknown'}). {RESUME_HINT}.")
-        for a in list(self.paused_since):
-            if a not in workers or workers[a].get("status") != "paused":
-                del self.paused_since[a]
-        for a, info in workers.items():
-            if info.get("status") == "paused":
-                since = self.paused_since.setdefault(a, now)
-                if now - since > self.paused_timeout:
-                    limit = _limit(info)
-                    fixes = _fixes(self.ctx) if self.ctx is not None else "a larger --memory-limit or more workers"
-                    raise TrainingError(
-                        f"Worker {a} has been paused for memory for {self.paused_timeout:g} s ({format_bytes(_held(info))} "
-                        f"of its {format_bytes(limit)} limit) while {waiting_for} waited "
-                        f"({_estimate_text(self.ctx) if self.ctx is not None else 'no estimate'} per task; "
-                        f"metadask.paused-worker-timeout). {RESUME_HINT} and {fixes}.")
-
-
 def watched(client: Any, futures: Sequence[Any], what: str, ctx: Any = None) -> Iterator[Any]:
-    """Yield ``futures`` as they finish, like ``as_completed``, checking the cluster between polls.
+    """Yield ``futures`` as they finish, watched (:class:`metadask.cluster.watch.watched`) with the run's plan.
 
-    Raises :class:`TrainingError` (after cancelling what is still pending) when the
-    :class:`Watchdog` finds a worker paused too long or no worker able to run the tasks.
+    The errors name the plan's estimate per task, what to change and ``--resume``; with a plan
+    that gives fits a worker resource, workers without a fit slot count as unable to run them.
     """
-    from distributed import wait
-
-    pending = set(futures)
-    dog = Watchdog(client, what, ctx)
-    poll = float(setting("watchdog-interval"))
-    checked = time.monotonic()
-    while pending:
-        try:
-            done, pending = wait(list(pending), timeout=poll, return_when="FIRST_COMPLETED")
-        except TimeoutError:  # nothing finished within the poll interval
-            done = set()
-        yield from done
-        if pending and (not done or time.monotonic() - checked >= poll):
-            checked = time.monotonic()
-            try:
-                dog.check(what)
-            except TrainingError:
-                client.cancel(list(pending))
-                raise
+    extra: dict[str, Any] = {"hint": RESUME_HINT + "."}
+    if ctx is not None:
+        extra.update(estimate=_estimate_text(ctx), fixes=_fixes(ctx),
+                     resource=FIT_RESOURCE if ctx.plan.get("resources") else None)
+    return iter(_watched(client, futures, what, **extra))

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from metadask.cluster import wait_for_workers, workers_info
+from metadask.cluster.watch import watched
 from metadask.config import setting as config_setting
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset
@@ -112,7 +113,7 @@ class PlacedRows:
 def place_rows(client: Any, dataset: Dataset, parts: Sequence[tuple[GeneSet, int]], features: Sequence[str],
                workers: Sequence[str]) -> PlacedRows:
     """Read gene-aligned partitions on the workers (one task each) and keep them there."""
-    from distributed import Future, wait
+    from distributed import Future
 
     if not parts:
         raise TrainingError("No genes to build a training matrix from (an empty gene set reached xgboost.dask).")
@@ -130,7 +131,8 @@ def place_rows(client: Any, dataset: Dataset, parts: Sequence[tuple[GeneSet, int
         xs[(xname, i, 0)] = client.submit(_first, read, key=(xname, i, 0), **pin)
         for k in range(len(LABELS)):
             ts[k][(tnames[k], i)] = client.submit(_target, read, k, key=(tnames[k], i), **pin)
-    wait(list(xs.values()) + [f for t in ts for f in t.values()])
+    for _ in watched(client, list(xs.values()) + [f for t in ts for f in t.values()], "the reads of the training rows"):
+        pass  # a lost or paused worker ends the wait (metadask.cluster.watch)
     del reads  # the (x, y) tuples go; X shares the tuple's array, the targets are new
     rows = tuple(n for _, n in parts)
     x = da.Array(xs, xname, (rows, (len(feats),)), dtype=np.float32)

@@ -59,6 +59,7 @@ from metadask.models.boosted import FitOutput
 from metadask.models.linear import LinearModel, standardise
 from metadask.results import TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
+from metadask.strategies.capacity import watched
 from metadask.strategies.tasks import (
     FitSpec, GeneSet, final_rounds, gene_partitions, margins_frame, read_rows, worker_threads,
 )
@@ -267,6 +268,9 @@ class IncrementalStrategy(Strategy):
                                       retries=2, priority=-e)
                         for gs, _ in loss_parts))
         log.info("Submitted %d SGD chains x %d epochs", len(chains), epochs)
+        waits = [f for v in snapshots.values() for f in v] + [f for v in losses.values() for t in v for f in t]
+        for _ in watched(client, waits, "the SGD chains", ctx):
+            pass  # a paused or lost worker ends the wait (capacity.watched)
         snaps: dict[str, list[Chain]] = client.gather(snapshots)
         loss_values = client.gather(losses)
         log.info("SGD chains done in %.1f s", time.perf_counter() - t0)
