@@ -24,6 +24,7 @@ CASES = [
     "multi_output",    # one vector-leaf multi-class model vs three one-vs-rest models
     "final_model",     # refit vs CV-ensemble final model on held-out genes
     "full_body",       # every gene-body position, out of fold: base vs meta workflows, prediction speed
+    "read_path",       # a gene set's rows: one open per file vs the earlier two passes vs bare pyarrow
 ]
 
 

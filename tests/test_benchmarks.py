@@ -35,6 +35,7 @@ EXPECTED_KEYS = {
     "shared_reads": {"median_seconds", "worker_peak_rss", "speedup", "identical_boosters"},
     "ensemble_scoring": {"seconds", "ratio", "reload_ratio", "max_abs_margin_difference"},
     "full_body": {"options", "targets", "real", "synthetic"},
+    "read_path": {"features", "cases"},
 }
 
 
@@ -130,7 +131,14 @@ def check_full_body(data: dict) -> None:
     assert pred["rows"] == rows["library"]["positions"] and pred["ratio"] > 0
 
 
-CHECKS = {"real_data": check_real_data, "full_body": check_full_body, "inference": check_inference, "growth": check_growth,
+def check_read_path(data: dict) -> None:
+    for case in data["cases"].values():
+        assert case["identical_matrix"] is True  # the one-pass read gives the earlier read's matrix, bit for bit
+        assert case["rows"] > 0 and all(v > 0 for v in case["median_cpu_seconds"].values())
+    assert any(case["files"] > 1 for case in data["cases"].values())  # a gene set across files is measured
+
+
+CHECKS = {"read_path": check_read_path, "real_data": check_real_data, "full_body": check_full_body, "inference": check_inference, "growth": check_growth,
           "shared_reads": check_shared_reads, "ensemble_scoring": check_ensemble_scoring}
 
 
@@ -139,7 +147,7 @@ CHECKS = {"real_data": check_real_data, "full_body": check_full_body, "inference
 # is slow: out_of_core 31 s, inference 35 s, scale_out 42 s, analysis_overhead 48 s,
 # orchestration 64 s, real_data 68 s, full_body 70 s, growth 95 s, cpu_profile 113 s (all 13:
 # 620 s, which would take the default suite past its 15-minute budget).
-DEFAULT_SUITE = {"multi_output", "shap_speed", "shared_reads"}  # memory_model: tests/test_auto.py
+DEFAULT_SUITE = {"multi_output", "shap_speed", "shared_reads", "read_path"}  # memory_model: tests/test_auto.py
 
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT_SUITE else pytest.param(c, marks=pytest.mark.slow) for c in CASES])

@@ -467,6 +467,59 @@ def test_read_matrix_orders_a_spanning_gene_like_read_genes(spanning) -> None:
     assert frame.loc[frame["gene_id"] == "B", "position"].tolist() == list(range(7))
 
 
+def test_a_read_opens_each_file_once_and_gives_the_same_rows_with_or_without_the_index_counts(spanning) -> None:
+    """One reading path: a spanning gene (B) read with the gene index's counts, or without them, opens each file once."""
+    from metadask.dataset.rows import GeneSet, gene_set, read_rows
+
+    root, sizes = spanning
+    ds = open_dataset(root)
+    with dask.config.set(scheduler="sync"):
+        index = build_gene_index(ds)
+    features = list(ds.schema.feature_columns)
+    counting = dataclasses.replace(ds, fs=_CountingFS())
+    frame = ds.read_genes(["A", "B", "C"])
+    for gs in (gene_set(index, ["C", "B", "A"]), GeneSet(("A", "B", "C"), tuple(index.files_for(["A", "B", "C"])))):
+        _CountingFS.opened.clear()
+        x, y, meta = read_rows(counting, gs, features)
+        assert sorted(_CountingFS.opened) == sorted(gs.files) and len(gs.files) == 2, _CountingFS.opened
+        np.testing.assert_array_equal(x, frame[features].to_numpy(dtype=np.float32))
+        assert meta["gene_id"].tolist() == ["A"] * 5 + ["B"] * 7 + ["C"] * 6
+        assert meta["position"].tolist() == frame["position"].tolist()
+    assert gene_set(index, ["C", "B", "A"]).rows == (5, 7, 6)
+
+
+def test_a_file_holding_other_rows_than_the_index_counts_is_a_one_line_dataset_error(spanning) -> None:
+    from metadask.dataset.rows import GeneSet
+
+    root, sizes = spanning
+    ds = open_dataset(root)
+    with pytest.raises(DatasetError, match=r"genes B hold other rows than the gene index lists.*changed after indexing"):
+        ds.read_matrix(["A", "B"], ["feat_a"], files=ds.files[:2], gene_rows=(5, 6))
+
+
+def test_the_dataset_as_a_gene_partitioned_dask_dataframe_with_known_divisions(tiny_dataset: pathlib.Path) -> None:
+    from metadask.dataset.rows import gene_frame, gene_partitions
+
+    ds = open_dataset(tiny_dataset)
+    with dask.config.set(scheduler="sync"):
+        index = build_gene_index(ds)
+        ddf = gene_frame(ds, index, ["position", "splice_type", "3mer_AAA"], max_rows=1500)
+        parts = gene_partitions(index, index.genes, 1500)
+        assert ddf.npartitions == len(parts) > len(ds.files)  # whole genes, at most 1,500 rows unless one gene is more
+        assert ddf.known_divisions and ddf.divisions[0] == index.genes[0] and ddf.divisions[-1] == index.genes[-1]
+        assert list(ddf.columns) == ["position", "splice_type", "3mer_AAA"] and ddf.index.name == "gene_id"
+        for i in (0, len(parts) // 2, len(parts) - 1):
+            part = ddf.get_partition(i).compute()
+            assert sorted(set(part.index)) == list(parts[i][0].genes) and len(part) == parts[i][1]
+        whole = ddf.compute()
+        gene = index.genes[17]
+        np.testing.assert_array_equal(ddf.loc[gene].compute()["position"].to_numpy(),
+                                      ds.read_genes([gene])["position"].to_numpy())
+    frame = ds.read_genes(index.genes, ["gene_id", "position", "3mer_AAA"])
+    assert whole.index.tolist() == frame["gene_id"].tolist()
+    np.testing.assert_array_equal(whole["3mer_AAA"].to_numpy(), frame["3mer_AAA"].to_numpy())
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, 1e39], ids=["inf", "minus-inf", "float32-overflow"])
 def test_an_infinite_feature_value_is_a_dataset_error_naming_the_column(tmp_path: pathlib.Path, bad) -> None:

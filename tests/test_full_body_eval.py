@@ -135,6 +135,7 @@ def test_every_training_gene_is_scored_by_the_fold_model_that_never_saw_it(full_
     from distributed import Client
 
     from metadask.dataset.index import build_gene_index
+    from metadask.dataset.rows import gene_set
     from metadask.dataset.source import open_dataset
 
     result, out = full_body_run
@@ -145,9 +146,9 @@ def test_every_training_gene_is_scored_by_the_fold_model_that_never_saw_it(full_
     assert sorted(by_fold) == sorted(set(result.folds))
     for f, stats in by_fold.items():
         genes = sorted(g for g, k in result.folds.items() if k == f)
-        local = fb.score_stats(ds, genes, index.files_for(genes), result.fold_model(f))
+        local = fb.score_stats(ds, gene_set(index, genes), result.fold_model(f))
         np.testing.assert_allclose(stats.hist, local.hist)
-        leaked = fb.score_stats(ds, genes, index.files_for(genes), result.model)  # the final model saw these genes
+        leaked = fb.score_stats(ds, gene_set(index, genes), result.model)  # the final model saw these genes
         assert not np.allclose(stats.hist, leaked.hist)
 
 

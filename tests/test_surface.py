@@ -103,6 +103,10 @@ def test_screening_from_accepts_a_run_directory(tmp_path):
     ("batch-ensemble", {"ensemble_cv": "full", "n_estimators": 100}, []),
     ("distributed", {"ensemble_method": "voting"}, ["--ensemble-method"]),
     ("incremental", {"n_estimators": 100, "learning_rate": 0.3}, ["--learning-rate", "--n-estimators"]),
+    ("single", {"final_model": "cv-ensemble"}, []),
+    ("batch-ensemble", {"final_model": "cv-ensemble", "ensemble_cv": "full"}, []),
+    ("distributed", {"final_model": "cv-ensemble"}, ["--final-model"]),
+    ("incremental", {"final_model": "cv-ensemble"}, ["--final-model"]),
 ])
 def test_options_a_strategy_does_not_read_are_reported(strategy, options, ignored):
     assert ignored_options(TrainConfig(**options), get_strategy(strategy)) == ignored

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from metadask.cluster.watch import watched
-from metadask.dataset.rows import gene_partitions
+from metadask.dataset.rows import GeneSet, gene_partitions
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, is_kmer
 from metadask.dataset.source import Dataset, label_vector
 from metadask.errors import DatasetError, ModelError, preview
@@ -318,22 +318,15 @@ def check_eval_dataset(dataset: Dataset, features: Sequence[str]) -> None:
                          f"{preview(lacking)}.")
 
 
-def score_stats(dataset: Dataset, genes: Sequence[str], files: Sequence[str], model: MetaModel,
+def score_stats(dataset: Dataset, gs: GeneSet, model: MetaModel,
                 calibration_rows: int = 0) -> ScoreStats | tuple[ScoreStats, pd.DataFrame]:
-    """Worker task: read ``genes``, score them with ``model`` and the base model, return statistics.
+    """Worker task: read the gene set ``gs``, score them with ``model`` and the base model, return statistics.
 
     With ``calibration_rows`` > 0 it also returns a weighted sample of the scored positions for
     fitting calibrators on the full-body distribution (:func:`calibration_sample`).
     """
-    present = [f for f in model.features if f in dataset.schema.columns]
-    xp, meta = dataset.read_matrix(genes, present, files=files, columns=_eval_columns(dataset))
-    if len(present) == len(model.features):
-        x = xp
-    else:
-        x = np.zeros((len(xp), len(model.features)), dtype=np.float32)
-        pos = {f: j for j, f in enumerate(model.features)}
-        x[:, [pos[f] for f in present]] = xp
-    del xp
+    x, meta = dataset.read_matrix(gs.genes, model.features, files=gs.files, columns=_eval_columns(dataset),
+                                  gene_rows=gs.rows or None, absent_as_zero=True)  # k-mers it lacks read as 0
     y = label_vector(meta, dataset.label_column)
     base = meta[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
     raw = model.raw_proba(x)
@@ -403,7 +396,7 @@ def score_full_body(
         if f not in models:
             models[f] = client.scatter(model_for_fold(f), broadcast=False, hash=False)
         for gs, _ in gene_partitions(index, members, max_rows=max_rows):
-            fut = client.submit(score_stats, dataset, gs.genes, gs.files, models[f], calibration_rows, pure=False,
+            fut = client.submit(score_stats, dataset, gs, models[f], calibration_rows, pure=False,
                                 priority=3)
             futures[fut] = (group, len(gs.genes))
     out: dict[int, ScoreStats] = {}

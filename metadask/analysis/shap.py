@@ -27,7 +27,7 @@ import pandas as pd
 
 from metadask.cluster.watch import gather
 from metadask.dataset.index import GeneIndex
-from metadask.dataset.rows import GeneSet, read_rows
+from metadask.dataset.rows import GeneSet, gene_set, read_rows
 from metadask.dataset.sample import representative_genes
 from metadask.dataset.schema import LABELS
 from metadask.dataset.source import Dataset, gene_keys
@@ -246,7 +246,7 @@ def draw_sample(client: Any, dataset: Dataset, index: GeneIndex, features: Seque
     model_future = client.scatter(model, hash=False)
     parts = []
     for i, genes in enumerate(plan.partitions(n_parts)):
-        gs = GeneSet(tuple(genes), tuple(index.files_for(genes)))
+        gs = gene_set(index, genes)
         quotas = {g: plan.quotas[g] for g in genes}
         parts.append(client.submit(sample_partition, dataset, list(features), gs, quotas, seed, model_future, contributions,
                                    key=f"metadask-sample-{i}-{seed}-{time.time_ns()}", pure=False, retries=1))

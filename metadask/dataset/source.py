@@ -180,15 +180,20 @@ class Dataset:
         df = self._read_table(file, read, filters).to_pandas()
         return df[wanted]
 
-    def _read_table(self, file: str, columns: Sequence[str], filters: pc.Expression | None = None) -> pa.Table:
+    def _read_table(self, file: str, columns: Sequence[str], filters: pc.Expression | None = None, *,
+                    absent_as_zero: bool = False) -> pa.Table:
         """``columns`` of one file (the rows passing ``filters``) as an arrow table, in that order.
 
-        The one place the union schema is applied to a file: k-mer columns the file lacks
-        (schema drift) come back as zeros (one shared float64 zero column). A file that cannot
-        be decoded is a :class:`DatasetError`.
+        The one place the union schema is applied to a file (every read goes through it, and
+        opens the file once): k-mer columns the file lacks (schema drift) come back as zeros
+        (one shared float64 zero column); with ``absent_as_zero`` so do columns the dataset
+        never has (a model's k-mers on data without them; callers check which may be absent).
+        A file that cannot be decoded is a :class:`DatasetError`.
         """
         names = list(dict.fromkeys(columns))
         lacking = {c for c in names if file in self.schema.drift.get(c, ())}
+        if absent_as_zero:
+            lacking |= {c for c in names if c not in self.schema.columns}
         try:
             with self.fs.open(_strip(self.fs, file), "rb") as fh:
                 table = pq.read_table(fh, columns=[c for c in names if c not in lacking], filters=filters)
@@ -234,33 +239,13 @@ class Dataset:
         C-ordered float32 matrix XGBoost reads. Features the file lacks (k-mers of the drift,
         or k-mers the dataset never has) read as 0; nulls as NaN; infinite values are an error.
         """
-        drift = self.schema.drift
-        present = [c for c in features if c in self.schema.columns and file not in drift.get(c, ())]
         unknown = [c for c in columns if c not in self.schema.columns]
         if unknown:
             raise DatasetError(f"Columns not in the dataset: {preview(unknown)}.")
-        try:
-            with self.fs.open(_strip(self.fs, file), "rb") as fh:
-                table = pq.read_table(fh, columns=list(dict.fromkeys([*present, *columns])))
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            raise DatasetError(
-                f"Cannot read '{file}': {str(exc).splitlines()[0]}. The file may be truncated or corrupt; "
-                "regenerate it."
-            ) from exc
-        have = set(present)
-        x = np.zeros((len(features), table.num_rows), dtype=np.float32)  # a row per feature: contiguous writes
-        for j, c in enumerate(features):
-            if c in have and not pa.types.is_null(table.schema.field(c).type):
-                x[j] = table.column(c).to_numpy(zero_copy_only=False)
-            elif c in have:
-                x[j] = np.nan
-        x = np.ascontiguousarray(x.T)
-        if np.isinf(x).any():
-            bad = [c for j, c in enumerate(features) if np.isinf(x[:, j]).any()]
-            raise DatasetError(
-                f"Feature columns of '{file}' hold infinite (or float32-overflowing) values: {preview(bad)}. "
-                "Replace them."
-            )
+        table = self._read_table(file, [*features, *columns], absent_as_zero=True)
+        x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+        _decode_into(x, slice(None), table, features)
+        _check_finite(x, features, f" of '{file}'")
         return x, table.select(list(columns))
 
     def read_matrix(
@@ -270,47 +255,82 @@ class Dataset:
         *,
         files: Iterable[str] | None = None,
         columns: Sequence[str] = (),
+        gene_rows: Sequence[int] | None = None,
+        absent_as_zero: bool = False,
     ) -> tuple[np.ndarray, pd.DataFrame]:
         """Read ``genes`` as a float32 matrix of ``features`` plus a frame of ``columns``.
 
-        Memory stays close to the float32 matrix itself: each file's rows are decoded column by
-        column straight into a preallocated array, in the canonical row order of
-        :meth:`read_genes` (by gene id, then file order). Infinite values are an error.
+        Each file is opened once. Rows come in the canonical order of :meth:`read_genes` (by
+        gene id, then file order), decoded column by column straight into a preallocated
+        array, so memory stays close to the float32 matrix plus one file's table. Where each row
+        goes is known before its file is decoded when the genes sit in one file or
+        ``gene_rows`` (rows per gene, aligned with the sorted genes; the gene index's counts,
+        see :func:`metadask.dataset.rows.gene_set`) is given; otherwise the files' tables are
+        read first and placed after. A file holding other counts than ``gene_rows`` says the
+        dataset changed after indexing (:class:`DatasetError`). Infinite values are an error;
+        with ``absent_as_zero`` features the dataset lacks read as 0.
         """
-        genes = sorted(set(genes))
+        ordered = sorted({str(g) for g in genes})
+        keys_sorted = np.asarray(ordered, dtype=object)
         files = list(self.files if files is None else files)
-        gene_filter = self._gene_filter(genes)
-        # pass 1: the gene column of each file, to place every row before decoding features
-        keys = [self.read_file(f, [self.gene_column], genes=genes)[self.gene_column].to_numpy(dtype=object) for f in files]
-        sizes = [len(k) for k in keys]
-        all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=object)
-        order = np.argsort(all_keys, kind="stable")
-        dest = np.empty(len(order), dtype=np.int64)
-        dest[order] = np.arange(len(order))
-        x = np.empty((len(order), len(features)), dtype=np.float32)
-        frames = []
-        start = 0
+        gene_filter = self._gene_filter(ordered)
         meta_cols = list(dict.fromkeys([self.gene_column, *columns]))
-        for f, n in zip(files, sizes):
-            if n == 0:
-                continue
-            rows = dest[start : start + n]
-            start += n
-            table = self._read_table(f, [*features, *meta_cols], gene_filter)
-            for j, c in enumerate(features):
-                x[rows, j] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+        def table_of(f: str) -> pa.Table:
+            return self._read_table(f, [*features, *meta_cols], gene_filter, absent_as_zero=absent_as_zero)
+
+        def codes_of(table: pa.Table) -> np.ndarray:
+            keys = gene_keys(table.column(self.gene_column).to_pandas())
+            return np.searchsorted(keys_sorted, keys).astype(np.int64)
+
+        tables: list[pa.Table] | None = None
+        if gene_rows is not None:
+            counts = np.asarray(gene_rows, dtype=np.int64)
+            if len(counts) != len(ordered):
+                raise ValueError(f"gene_rows has {len(counts)} counts for {len(ordered)} genes")
+        elif len(files) <= 1:
+            counts = None  # taken from the one file's own gene column
+        else:
+            tables = [table_of(f) for f in files]
+            counts = np.bincount(np.concatenate([codes_of(t) for t in tables] or [np.empty(0, np.int64)]),
+                                 minlength=len(ordered))
+        x: np.ndarray | None = None
+        seen = np.zeros(len(ordered), dtype=np.int64)
+        frames = []
+        for i, f in enumerate(files):
+            table = tables[i] if tables is not None else table_of(f)
+            if tables is not None:
+                tables[i] = None  # type: ignore[call-overload]  # decoded: let it go
+            codes = codes_of(table)
+            if counts is None:
+                counts = np.bincount(codes, minlength=len(ordered))
+            if x is None:
+                x = np.empty((int(counts.sum()), len(features)), dtype=np.float32)
+                starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            order = np.argsort(codes, kind="stable")
+            rank = np.empty(len(codes), dtype=np.int64)
+            first = np.searchsorted(codes[order], codes[order], side="left")
+            rank[order] = np.arange(len(codes)) - first
+            rows = starts[codes] + seen[codes] + rank
+            seen += np.bincount(codes, minlength=len(ordered))
+            if (seen > counts).any():
+                break
+            _decode_into(x, rows, table, features)
             part = table.select(meta_cols).to_pandas()
             part.index = rows
             frames.append(part)
             del table
+        if x is None:
+            x = np.empty((0, len(features)), dtype=np.float32)
+        elif not np.array_equal(seen, counts):
+            bad = [g for g, a, b in zip(ordered, seen, counts) if a != b]
+            raise DatasetError(
+                f"The files of genes {preview(bad)} hold other rows than the gene index lists. The dataset "
+                "changed after indexing; rerun without --resume (or delete the run's cache/) to rebuild the index."
+            )
         meta = pd.concat(frames).sort_index() if frames else self.read_file(self.files[0], meta_cols, genes=[])
         meta = meta.reset_index(drop=True)
-        if np.isinf(x).any():
-            bad = [c for j, c in enumerate(features) if np.isinf(x[:, j]).any()]
-            raise DatasetError(
-                f"Feature columns hold infinite (or float32-overflowing) values: {preview(bad)}. "
-                "Replace them, or exclude the columns with --exclude-features."
-            )
+        _check_finite(x, features, "", "Replace them, or exclude the columns with --exclude-features.")
         return x, meta
 
     def to_dask(self, columns: Sequence[str] | None = None):  # -> dask.dataframe.DataFrame
@@ -384,6 +404,38 @@ def open_dataset(
                            "(or leave it out: 'sample_weight' is used when present).")
     return Dataset(url=url, fs=fs, schema=schema, storage_options=dict(storage_options or {}),
                    weight_column=weight_column or WEIGHT_COLUMN)
+
+
+DECODE_BLOCK_VALUES = 4 << 20
+"""Values (float32) of the column block :func:`_decode_into` assembles before writing it into the matrix (16 MiB)."""
+
+
+def _decode_into(x: np.ndarray, rows: Any, table: pa.Table, features: Sequence[str]) -> None:
+    """Decode ``features`` of ``table`` into ``x[rows]`` (float32; nulls NaN), a block of columns at a time.
+
+    A column written straight into a C-ordered matrix is a strided write per value; a block of
+    up to 64 columns is first decoded into a small feature-major buffer (contiguous writes),
+    then written row-wise, 64 values per row at once. Rows that are one consecutive run are
+    written through a slice (no fancy indexing).
+    """
+    n = table.num_rows
+    if isinstance(rows, np.ndarray) and n and int(rows[-1]) - int(rows[0]) == n - 1 and bool((np.diff(rows) == 1).all()):
+        rows = slice(int(rows[0]), int(rows[0]) + n)
+    step = max(1, min(64, DECODE_BLOCK_VALUES // max(n, 1)))
+    buf = np.empty((min(step, len(features)), n), dtype=np.float32)
+    for j0 in range(0, len(features), step):
+        block = buf[: len(features[j0 : j0 + step])]
+        for k, c in enumerate(features[j0 : j0 + step]):
+            col = table.column(c)
+            block[k] = np.nan if pa.types.is_null(col.type) else col.to_numpy(zero_copy_only=False)
+        x[rows, j0 : j0 + len(block)] = block.T
+
+
+def _check_finite(x: np.ndarray, features: Sequence[str], where: str = "",
+                  fix: str = "Replace them.") -> None:
+    if np.isinf(x).any():
+        bad = [c for j, c in enumerate(features) if np.isinf(x[:, j]).any()]
+        raise DatasetError(f"Feature columns{where} hold infinite (or float32-overflowing) values: {preview(bad)}. {fix}")
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

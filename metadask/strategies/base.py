@@ -27,7 +27,7 @@ from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.plan import FoldPlan
 from metadask.results import TrainingResult
 from metadask.strategies.capacity import memory_failure, task_name, watched
-from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
+from metadask.strategies.tasks import FitSpec, GeneSet, gene_set, run_fit, run_fits
 
 log = logging.getLogger("metadask")
 
@@ -55,8 +55,7 @@ class TrainContext:
         return float(self.config.tree_weight_power) if self.dataset.weighted else 0.0
 
     def gene_set(self, genes: Sequence[str]) -> GeneSet:
-        genes = tuple(sorted(genes))
-        return GeneSet(genes, tuple(self.index.files_for(genes)) if genes else ())
+        return gene_set(self.index, genes)
 
     def data_fingerprint(self) -> dict[str, list[Any]]:
         """file -> [size, modification marker, footer statistics digest], read once per run.
@@ -208,6 +207,8 @@ BOOSTING_OPTIONS = frozenset({"n_estimators", "learning_rate", "max_depth", "sub
 """TrainConfig options of the boosted one-vs-rest fits."""
 ENSEMBLE_OPTIONS = frozenset({"ensemble_method", "ensemble_cv", "max_genes_per_batch"})
 """TrainConfig options of the batch ensemble."""
+FINAL_MODEL_OPTIONS = frozenset({"final_model"})
+"""``--final-model refit|cv-ensemble``: read by the strategies that can ship their CV fold models as the final model."""
 STRATEGY_SETTINGS = ("ensemble-cv-members", "distributed", "incremental")
 """``metadask.*`` settings (metadask.yaml) that belong to one strategy each."""
 
@@ -220,7 +221,7 @@ class Strategy(abc.ABC):
     supports_row_weights: ClassVar[bool] = False
     """True when the fits take the rows' inclusion weights (``--tree-weight-power``)."""
     options: ClassVar[frozenset[str] | None] = None
-    """Which of :data:`BOOSTING_OPTIONS` | :data:`ENSEMBLE_OPTIONS` this strategy reads (None: all)."""
+    """Which of :data:`BOOSTING_OPTIONS` | :data:`ENSEMBLE_OPTIONS` | :data:`FINAL_MODEL_OPTIONS` this strategy reads (None: all)."""
     settings: ClassVar[tuple[str, ...]] = ()
     """Which of :data:`STRATEGY_SETTINGS` this strategy reads."""
 
@@ -249,7 +250,8 @@ def ignored_options(config: TrainConfig, strategy: type[Strategy]) -> list[str]:
     if strategy.options is None:
         return []
     defaults = {f.name: f.default for f in fields(config)}
-    out = [f"--{name.replace('_', '-')}" for name in sorted((BOOSTING_OPTIONS | ENSEMBLE_OPTIONS) - strategy.options)
+    known = BOOSTING_OPTIONS | ENSEMBLE_OPTIONS | FINAL_MODEL_OPTIONS
+    out = [f"--{name.replace('_', '-')}" for name in sorted(known - strategy.options)
            if getattr(config, name) != defaults[name]]
     out += [f"--set {key}{'.*' if key in ('distributed', 'incremental') else ''}" for key in STRATEGY_SETTINGS
             if key not in strategy.settings and setting_changed(key)]

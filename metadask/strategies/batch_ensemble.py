@@ -45,7 +45,7 @@ from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification
 from metadask.models.threads import fit_threads
 from metadask.plan import eval_sample, split_validation
 from metadask.results import FoldModels, TrainingResult
-from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, Strategy, TrainContext, fits_frame
+from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, FINAL_MODEL_OPTIONS, Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows
 
 log = logging.getLogger("metadask")
@@ -225,7 +225,7 @@ class BatchEnsembleStrategy(Strategy):
     name = "batch-ensemble"
     label = "Batch Ensemble"
     supports_row_weights = True
-    options = BOOSTING_OPTIONS | ENSEMBLE_OPTIONS
+    options = BOOSTING_OPTIONS | ENSEMBLE_OPTIONS | FINAL_MODEL_OPTIONS
     settings = ("ensemble-cv-members",)
 
     # -- planning --------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from metadask.dataset.schema import LABELS
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.models.ensemble import EnsembleModel
 from metadask.results import FoldModels, TrainingResult
-from metadask.strategies.base import BOOSTING_OPTIONS, Strategy, TrainContext, fits_frame, fold_booster_model
+from metadask.strategies.base import (
+    BOOSTING_OPTIONS, FINAL_MODEL_OPTIONS, Strategy, TrainContext, fits_frame, fold_booster_model,
+)
 from metadask.strategies.batch_ensemble import SHARE_READS_PER_THREAD
 from metadask.strategies.tasks import FitSpec, run_predict
 
@@ -53,7 +55,7 @@ class SingleStrategy(Strategy):
     name = "single"
     label = "Single XGBoost Model"
     supports_row_weights = True
-    options = BOOSTING_OPTIONS
+    options = BOOSTING_OPTIONS | FINAL_MODEL_OPTIONS
 
     def fit(self, ctx: TrainContext) -> TrainingResult:
         cfg = ctx.config

@@ -17,7 +17,7 @@ import pandas as pd
 
 from metadask.dataset.memory import process_peak_rss
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
-from metadask.dataset.rows import GeneSet, gene_partitions, read_rows
+from metadask.dataset.rows import GeneSet, gene_partitions, gene_set, read_rows
 from metadask.dataset.source import Dataset
 from metadask.models.boosted import (
     FitMatrices, FitOutput, booster_from_bytes, booster_margins, fit_binary, fit_matrices,
@@ -52,29 +52,26 @@ class FitSpec:
         }
 
 
-def _fit_rows(dataset: Dataset, features: Sequence[str], spec: FitSpec
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """(x, label codes, validation x, validation label codes, held-in evaluation mask) of a fit."""
+def _fit_rows(dataset: Dataset, features: Sequence[str], spec: FitSpec) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(x, label codes, validation x, validation codes, held-in evaluation mask, tree weights, validation tree weights).
+
+    One read per gene set: the tree weights (``sample_weight ** spec.weight_power``; ``None``
+    unweighted) come from the same read as the features.
+    """
+    power = float(spec.weight_power) if spec.weight_power and dataset.weighted else 0.0
+
+    def weights(meta: pd.DataFrame) -> np.ndarray | None:
+        return meta[dataset.weight_column].to_numpy(dtype=np.float64) ** power if power else None
+
     x, y, meta = read_rows(dataset, spec.fit, features)
-    xv = yv = None
+    w = weights(meta)
+    xv = yv = wv = None
     if spec.valid is not None and spec.valid.genes:
-        xv, yv, _ = read_rows(dataset, spec.valid, features)
+        xv, yv, meta_v = read_rows(dataset, spec.valid, features)
+        wv = weights(meta_v)
     mask = meta[dataset.gene_column].isin(spec.eval_genes).to_numpy() if spec.eval_genes else None
-    return x, y, xv, yv, mask
-
-
-def _fit_weights(dataset: Dataset, spec: FitSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Tree weights (``sample_weight ** spec.weight_power``) of the fit and validation rows, or None."""
-    if not spec.weight_power or not dataset.weighted:
-        return None, None
-
-    def weights(gs: GeneSet | None) -> np.ndarray | None:
-        if gs is None or not gs.genes:
-            return None
-        w = dataset.read_matrix(gs.genes, [dataset.weight_column], files=gs.files)[0][:, 0].astype(np.float64)
-        return w ** float(spec.weight_power)
-
-    return weights(spec.fit), weights(spec.valid)
+    return x, y, xv, yv, mask, w, wv
 
 
 def _target(codes: np.ndarray | None, cls: int) -> np.ndarray | None:
@@ -98,8 +95,7 @@ def run_fit(dataset: Dataset, features: Sequence[str], spec: FitSpec, cv: Sequen
     iterations (the final model trains on all genes without an early-stopping holdout).
     """
     nthread = fit_threads()
-    x, y, xv, yv, mask = _fit_rows(dataset, features, spec)
-    w, wv = _fit_weights(dataset, spec)
+    x, y, xv, yv, mask, w, wv = _fit_rows(dataset, features, spec)
     target = _target(y, spec.cls)
     n_estimators, esr = spec.n_estimators, spec.early_stopping_rounds
     if cv:
@@ -130,8 +126,7 @@ def run_fits(dataset: Dataset, features: Sequence[str], specs: Sequence[FitSpec]
     if any((s.fit, s.valid, s.eval_genes, s.params.get("max_bin", 256), s.weight_power) != shared for s in specs):
         raise ValueError("run_fits: the fits must share their genes, max_bin and weights")
     nthread = fit_threads()
-    x, y, xv, yv, mask = _fit_rows(dataset, features, first)
-    w, wv = _fit_weights(dataset, first)
+    x, y, xv, yv, mask, w, wv = _fit_rows(dataset, features, first)
     t0 = time.perf_counter()
     m = FitMatrices.build(x, x_valid=xv, x_train_eval=None if mask is None else x[mask],
                           max_bin=shared[3], nthread=nthread, weight=w, weight_valid=wv,
