@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from metadask.models.ensemble import combine_margins, fit_weights, member_margins
     from metadask.plan import split_validation
     from metadask.strategies import batch_ensemble as be
-    from metadask.strategies.tasks import FitSpec, GeneSet, read_rows, run_fits
+    from metadask.strategies.tasks import FitSpec, read_rows, run_fits
+    from metadask.strategies.tasks import gene_set as index_gene_set
 
     kmers = tuple(int(k) for k in args.kmers.split("+"))
     path = synthetic(args.genes, kmers, genes_per_file=50)
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = TrainConfig(n_estimators=args.n_estimators, seed=1)
     batches = be.pack_batches(index.table["n_rows"], args.genes_per_batch, cfg.seed)
     n_batches = int(batches.max()) + 1
-    gene_set = lambda genes: GeneSet(tuple(sorted(genes)), tuple(index.files_for(genes)))  # noqa: E731
+    def gene_set(genes):
+        return index_gene_set(index, genes)
+
     t0 = time.perf_counter()
     fits = []
     for b in range(n_batches):

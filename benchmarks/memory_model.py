@@ -102,14 +102,16 @@ def measure(client: Any, path: str, n_estimators: int, seed: int = 42, max_bin: 
     from metadask.config import TrainConfig
     from metadask.dataset import build_gene_index, open_dataset
     from metadask.plan import eval_sample, max_file_rows, split_validation, task_peak_bytes
-    from metadask.strategies.tasks import FitSpec, GeneSet, run_fit
+    from metadask.strategies.tasks import FitSpec, gene_set, run_fit
 
     ds = open_dataset(path)
     index = build_gene_index(ds)
     features = list(ds.schema.feature_columns)
     cfg = TrainConfig(n_estimators=n_estimators, seed=seed, max_bin=max_bin)
     fit, valid = split_validation(index, index.genes, cfg.valid_size, seed)
-    gs = lambda genes: GeneSet(tuple(sorted(genes)), tuple(index.files_for(genes)))  # noqa: E731
+    def gs(genes):
+        return gene_set(index, genes)
+
     spec = FitSpec(key="memory-model", scope="member", cls=1, fit=gs(fit), valid=gs(valid),
                    eval_genes=tuple(eval_sample(fit, len(valid), seed)), n_estimators=n_estimators,
                    early_stopping_rounds=cfg.early_stopping_rounds, params=cfg.xgb_params())

@@ -46,7 +46,7 @@ def run(path: str, n_estimators: int, n_folds: int, seed: int = 42, esr: int = 3
 
     from metadask.config import TrainConfig
     from metadask.dataset.index import build_gene_index
-    from metadask.dataset.rows import GeneSet, read_rows
+    from metadask.dataset.rows import gene_set, read_rows
     from metadask.dataset.source import open_dataset
     from metadask.plan import assign_folds, plan_folds
 
@@ -56,7 +56,7 @@ def run(path: str, n_estimators: int, n_folds: int, seed: int = 42, esr: int = 3
 
     # the default exclusions and the synthetic data's label copies (screening excludes them as leaks)
     feats = [f for f in ds.schema.feature_columns if f not in ANNOTATION_ARTIFACTS and not f.startswith("is_annotated")]
-    x, y, meta = read_rows(ds, GeneSet(tuple(index.genes), tuple(ds.files)), feats)
+    x, y, meta = read_rows(ds, gene_set(index, index.genes), feats)
     genes = meta[ds.gene_column].astype(str).to_numpy()
     folds = assign_folds(index, n_folds, seed)
     plans = plan_folds(index, folds, valid_size=0.1, seed=seed)

@@ -27,7 +27,7 @@ def run_bare(result, dataset_path: str, config_kwargs: dict, nthread: int) -> di
     from metadask.dataset import build_gene_index, open_dataset
     from metadask.models.boosted import booster_from_bytes, booster_margins, fit_binary
     from metadask.plan import plan_folds
-    from metadask.dataset.rows import GeneSet, read_rows
+    from metadask.dataset.rows import gene_set, read_rows
 
     cfg = TrainConfig.from_options(**config_kwargs)
     ds = open_dataset(dataset_path)
@@ -37,7 +37,7 @@ def run_bare(result, dataset_path: str, config_kwargs: dict, nthread: int) -> di
 
     def load(genes):
         genes = tuple(sorted(genes))
-        return read_rows(ds, GeneSet(genes, tuple(index.files_for(genes))), feats)
+        return read_rows(ds, gene_set(index, genes), feats)
 
     # load every array first (not timed): bare XGBoost on NumPy arrays
     data = []

@@ -37,9 +37,9 @@ def train_model(dataset, index, features, n_estimators: int, max_depth: int, see
 
     from metadask.dataset.schema import LABELS
     from metadask.models.boosted import BoosterModel, booster_from_bytes, booster_to_bytes
-    from metadask.dataset.rows import GeneSet, read_rows
+    from metadask.dataset.rows import gene_set, read_rows
 
-    x, y, _ = read_rows(dataset, GeneSet(tuple(index.genes), tuple(index.files)), features)
+    x, y, _ = read_rows(dataset, gene_set(index, index.genes), features)
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": max_depth, "learning_rate": 0.1,
               "subsample": 0.8, "colsample_bytree": 0.8, "seed": seed, "nthread": os.cpu_count() or 1}
     dtrain = xgb.QuantileDMatrix(x, label=np.zeros(len(y), dtype=np.float32))
@@ -84,11 +84,11 @@ def client_read_and_explain(dataset, index, features, plan, boosters) -> tuple[n
     """The single-process alternative end to end: read the sample genes here, draw the rows, explain."""
     from metadask.analysis.shap import choose_rows
     from metadask.dataset.source import gene_keys
-    from metadask.dataset.rows import GeneSet, read_rows
+    from metadask.dataset.rows import gene_set, read_rows
 
     t0 = time.perf_counter()
     genes = plan.genes
-    x, y, meta = read_rows(dataset, GeneSet(tuple(genes), tuple(index.files_for(genes))), features)
+    x, y, meta = read_rows(dataset, gene_set(index, genes), features)
     rows = choose_rows(gene_keys(meta[dataset.gene_column]), y, plan.quotas, plan.seed)
     values, _ = tree_explainer(boosters, np.ascontiguousarray(x[rows]), threads=1)
     return values, time.perf_counter() - t0

@@ -31,13 +31,15 @@ def _specs(path: str, n_estimators: int, seed: int = 42) -> tuple[Any, list[str]
     from metadask.dataset import build_gene_index, open_dataset
     from metadask.dataset.schema import LABELS
     from metadask.plan import eval_sample, split_validation
-    from metadask.strategies.tasks import FitSpec, GeneSet
+    from metadask.strategies.tasks import FitSpec, gene_set
 
     ds = open_dataset(path)
     index = build_gene_index(ds)
     cfg = TrainConfig(n_estimators=n_estimators, seed=seed)
     fit, valid = split_validation(index, index.genes, cfg.valid_size, seed)
-    gs = lambda genes: GeneSet(tuple(sorted(genes)), tuple(index.files_for(genes)))  # noqa: E731
+    def gs(genes):
+        return gene_set(index, genes)
+
     specs = [FitSpec(key=f"b0-{name}", scope="member", cls=k, batch=0, fit=gs(fit), valid=gs(valid),
                      eval_genes=tuple(eval_sample(fit, len(valid), seed)), n_estimators=n_estimators,
                      early_stopping_rounds=cfg.early_stopping_rounds, params=cfg.xgb_params())

@@ -146,7 +146,7 @@ def ensemble_run(cluster, tiny_dataset, tmp_path_factory):
 
 def test_batch_ensemble_scores_each_gene_only_with_members_that_never_saw_it(ensemble_run, tiny_dataset):
     from metadask.dataset import build_gene_index, open_dataset
-    from metadask.strategies.tasks import GeneSet, read_rows
+    from metadask.strategies.tasks import gene_set, read_rows
 
     r = ensemble_run
     batches = {int(b): genes for b, genes in r.details["batches"].items()}
@@ -162,7 +162,7 @@ def test_batch_ensemble_scores_each_gene_only_with_members_that_never_saw_it(ens
     ds = open_dataset(tiny_dataset)
     index = build_gene_index(ds)
     for b, genes in batches.items():
-        x, _, meta = read_rows(ds, GeneSet(tuple(sorted(genes)), tuple(index.files_for(genes))), model.features)
+        x, _, meta = read_rows(ds, gene_set(index, genes), model.features)
         others = [j for j in batches if j != b]
         expected = model.predict_margin(x, members=others)
         with_own = model.predict_margin(x)
@@ -291,12 +291,12 @@ def test_leave_batch_out_scoring_can_be_capped_to_fewer_members(client, tiny_dat
     assert all(row["members_used"] == 1 for row in r.details["ensemble_cv"])
     model = load_model(f"{r.out_dir}/model")
     from metadask.dataset import build_gene_index, open_dataset
-    from metadask.strategies.tasks import GeneSet, read_rows
+    from metadask.strategies.tasks import gene_set, read_rows
 
     ds = open_dataset(tiny_dataset)
     index = build_gene_index(ds)
     genes = r.details["batches"]["0"]
-    x, _, meta = read_rows(ds, GeneSet(tuple(genes), tuple(index.files_for(genes))), model.features)
+    x, _, meta = read_rows(ds, gene_set(index, genes), model.features)
     expected = model.predict_margin(x, members=scoring_members(0, 3, 1, OPTS["seed"]))
     got = r.oof[r.oof["fold"] == 0].sort_values(["gene", "position"], kind="stable")
     order = meta.assign(i=np.arange(len(meta))).sort_values(["gene_id", "position"], kind="stable")["i"].to_numpy()
@@ -308,7 +308,7 @@ def test_leave_batch_out_scoring_can_be_capped_to_fewer_members(client, tiny_dat
 def test_run_fits_gives_the_boosters_of_one_fit_per_class(tiny_dataset):
     from metadask.dataset import build_gene_index, open_dataset
     from metadask.plan import split_validation
-    from metadask.strategies.tasks import FitSpec, GeneSet, run_fit, run_fits
+    from metadask.strategies.tasks import FitSpec, gene_set, run_fit, run_fits
 
     ds = open_dataset(tiny_dataset)
     index = build_gene_index(ds)
@@ -316,7 +316,9 @@ def test_run_fits_gives_the_boosters_of_one_fit_per_class(tiny_dataset):
                 "context_score_m2", "context_score_m1", "context_score_p1"]
     genes = index.genes[:16]
     fit, valid = split_validation(index, genes, 0.2, 5)
-    gs = lambda g: GeneSet(tuple(sorted(g)), tuple(index.files_for(g)))  # noqa: E731
+    def gs(g):
+        return gene_set(index, g)
+
     specs = [FitSpec(key=f"b0-{name}", scope="member", cls=k, fit=gs(fit), valid=gs(valid), eval_genes=tuple(fit[:3]),
                      n_estimators=25, early_stopping_rounds=5, params={"max_depth": 4, "eta": 0.3, "max_bin": 64,
                                                                         "objective": "binary:logistic", "seed": 1})
@@ -367,6 +369,7 @@ def test_shared_batch_reads_resume_only_the_missing_classes(client, tiny_dataset
     missing = {"member-b0-donor", "member-b0-acceptor", "member-b1-neither"}  # 2 of one batch, 1 of another
     for key in missing:
         (out / "journal" / f"{key}.json").unlink()
+    caplog.clear()  # only the resumed run's lines (an earlier test may leave the metadask logger at INFO)
     with caplog.at_level(logging.INFO, logger="metadask"):
         again = metadask.train(tiny_dataset, out, client=client, strategy="batch-ensemble", resume=True, **OPTS)
     reused = set(re.findall(r"member fit (\S+): reused from the journal", caplog.text))

@@ -260,13 +260,12 @@ class Dataset:
     ) -> tuple[np.ndarray, pd.DataFrame]:
         """Read ``genes`` as a float32 matrix of ``features`` plus a frame of ``columns``.
 
-        Each file is opened once. Rows come in the canonical order of :meth:`read_genes` (by
-        gene id, then file order), decoded column by column straight into a preallocated
-        array, so memory stays close to the float32 matrix plus one file's table. Where each row
-        goes is known before its file is decoded when the genes sit in one file or
-        ``gene_rows`` (rows per gene, aligned with the sorted genes; the gene index's counts,
-        see :func:`metadask.dataset.rows.gene_set`) is given; otherwise the files' tables are
-        read first and placed after. A file holding other counts than ``gene_rows`` says the
+        Rows come in the canonical order of :meth:`read_genes` (by gene id, then file order),
+        decoded a block of columns at a time straight into a preallocated array, so memory
+        stays close to the float32 matrix plus one file's table. Each file is opened once when
+        the genes sit in one file or ``gene_rows`` (rows per gene, aligned with the sorted
+        genes: the gene index's counts, see :func:`metadask.dataset.rows.gene_set`) is given;
+        otherwise a first pass reads the files' gene column to count the rows. A file holding other counts than ``gene_rows`` says the
         dataset changed after indexing (:class:`DatasetError`). Infinite values are an error;
         with ``absent_as_zero`` features the dataset lacks read as 0.
         """
@@ -283,24 +282,21 @@ class Dataset:
             keys = gene_keys(table.column(self.gene_column).to_pandas())
             return np.searchsorted(keys_sorted, keys).astype(np.int64)
 
-        tables: list[pa.Table] | None = None
         if gene_rows is not None:
             counts = np.asarray(gene_rows, dtype=np.int64)
             if len(counts) != len(ordered):
                 raise ValueError(f"gene_rows has {len(counts)} counts for {len(ordered)} genes")
         elif len(files) <= 1:
             counts = None  # taken from the one file's own gene column
-        else:
-            tables = [table_of(f) for f in files]
-            counts = np.bincount(np.concatenate([codes_of(t) for t in tables] or [np.empty(0, np.int64)]),
-                                 minlength=len(ordered))
+        else:  # no counts for genes across files: a first pass over the gene column (memory stays bounded)
+            counts = np.zeros(len(ordered), dtype=np.int64)
+            for f in files:
+                counts += np.bincount(codes_of(self._read_table(f, [self.gene_column], gene_filter)), minlength=len(ordered))
         x: np.ndarray | None = None
         seen = np.zeros(len(ordered), dtype=np.int64)
         frames = []
-        for i, f in enumerate(files):
-            table = tables[i] if tables is not None else table_of(f)
-            if tables is not None:
-                tables[i] = None  # type: ignore[call-overload]  # decoded: let it go
+        for f in files:
+            table = table_of(f)
             codes = codes_of(table)
             if counts is None:
                 counts = np.bincount(codes, minlength=len(ordered))
