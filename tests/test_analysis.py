@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import types
@@ -334,7 +333,6 @@ def test_skip_flags_leave_notes_and_no_files_of_those_kinds(run, cluster, tmp_pa
     assert "<img" not in html and "--skip-plots" in html
 
 
-@pytest.mark.slow
 def test_report_renders_in_headless_chromium_with_every_image_loaded(run, tmp_path):
     import matplotlib.image as mpimg
 
@@ -362,7 +360,6 @@ def _other_strategies() -> list[str]:
     return [n for n in strategy_names() if n != "single"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", _other_strategies())
 def test_every_strategy_writes_the_same_artifact_set(run, tiny_dataset, cluster, tmp_path, strategy):
     _train(tiny_dataset, tmp_path / strategy, cluster, strategy=strategy, max_genes_per_batch=20)
@@ -371,26 +368,3 @@ def test_every_strategy_writes_the_same_artifact_set(run, tiny_dataset, cluster,
     assert not any("failed" in n for n in notes), notes
     shap = json.loads((tmp_path / strategy / "shap_analysis" / "shap_summary.json").read_text())
     assert shap["additivity"]["passed"], shap["additivity"]
-
-
-# -- benchmarks cannot rot ---------------------------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# the default suite smoke-runs every case in tests/test_benchmarks.py; these closer checks are slow-only
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["shap_speed", "analysis_overhead"])
-def test_analysis_benchmarks_run_on_tiny_sizes(case):
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{case}", "--tiny"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=500)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((Path(os.environ["METADASK_BENCH_RESULTS"]) / f"{case}_tiny.json").read_text())
-    if case == "shap_speed":
-        assert result["max_abs_difference"] < 1e-4 and result["additivity"]["passed"]
-        assert "compute speedup vs 1 thread" in proc.stdout
-    else:
-        assert result["analysis_seconds"] > 0 and result["training_seconds"] > 0
-        assert "analysis / training" in proc.stdout

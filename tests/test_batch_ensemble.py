@@ -254,20 +254,6 @@ def test_a_batch_without_splice_sites_is_a_clear_error():
         _check_batch(GeneIndex(table, ("f",)), ["a", "b"], "Batch 3")
 
 
-@pytest.mark.slow  # the default suite smoke-runs it in tests/test_benchmarks.py
-def test_scale_out_benchmark_smoke_run():
-    """``python -m benchmarks scale_out --tiny``: same batches and predictions on 1 and 2 workers."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.scale_out import main
-
-    r = main(["--tiny"])
-    assert r["identical_predictions"] and r["n_batches"] == 3
-    assert r["speedup"] > 0
-
-
 def test_scoring_members_never_include_the_own_batch_and_are_seeded():
     from metadask.strategies.batch_ensemble import scoring_members
 

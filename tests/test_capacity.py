@@ -157,7 +157,6 @@ def test_a_worker_too_small_to_start_is_refused_before_any_work_with_exit_status
     assert time.monotonic() - t0 < 120
 
 
-@pytest.mark.slow
 def test_a_worker_forced_over_its_memory_fails_in_one_line_with_exit_2_and_resume_finishes_the_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The memory model is made to under-estimate (as it might on another machine): the fit's worker is killed.

@@ -521,6 +521,8 @@ def test_the_dataset_as_a_gene_partitioned_dask_dataframe_with_known_divisions(t
                                       ds.read_genes([gene])["position"].to_numpy())
     frame = ds.read_genes(index.genes, ["gene_id", "position", "3mer_AAA"])
     assert whole.index.tolist() == frame["gene_id"].tolist()
+    with pytest.raises(DatasetError, match="at least one gene"):
+        gene_frame(ds, index, genes=[])
     np.testing.assert_array_equal(whole["3mer_AAA"].to_numpy(), frame["3mer_AAA"].to_numpy())
 
 

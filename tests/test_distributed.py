@@ -153,7 +153,7 @@ def _kill_when_training_starts(pid: int, sig: int, delay: float, fired: dict) ->
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(("sig", "match"), [
     pytest.param(signal.SIGKILL, "left the cluster during distributed training", id="killed"),
-    pytest.param(signal.SIGSTOP, "stopped responding|left the cluster", id="frozen", marks=pytest.mark.slow),
+    pytest.param(signal.SIGSTOP, "stopped responding|left the cluster", id="frozen"),
 ])
 def test_distributed_training_fails_fast_with_a_clear_error_when_a_worker_is_lost(tiny_dataset, sig, match, caplog):
     from distributed import Client, LocalCluster

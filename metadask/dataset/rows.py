@@ -16,6 +16,7 @@ import pandas as pd
 from metadask.dataset.index import GeneIndex
 from metadask.dataset.schema import BASE_SCORE_COLUMNS
 from metadask.dataset.source import Dataset, gene_keys, label_vector
+from metadask.errors import DatasetError
 
 ID_COLUMNS = ("position",)
 
@@ -102,6 +103,8 @@ def gene_frame(dataset: Dataset, index: GeneIndex, columns: Sequence[str] | None
 
     cols = [c for c in (list(dataset.schema.columns) if columns is None else list(columns)) if c != dataset.gene_column]
     parts = [gs for gs, _ in gene_partitions(index, index.genes if genes is None else genes, max_rows)]
+    if not parts:
+        raise DatasetError("gene_frame needs at least one gene (the gene list is empty).")
     meta = _GeneSetReader(dataset, cols)(GeneSet((), dataset.files[:1]))
     ordered = all(a.genes[-1] < b.genes[0] for a, b in zip(parts, parts[1:]))
     divisions = ([gs.genes[0] for gs in parts] + [parts[-1].genes[-1]]) if parts and ordered else None
