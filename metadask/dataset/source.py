@@ -265,9 +265,10 @@ class Dataset:
         stays close to the float32 matrix plus one file's table. Each file is opened once when
         the genes sit in one file or ``gene_rows`` (rows per gene, aligned with the sorted
         genes: the gene index's counts, see :func:`metadask.dataset.rows.gene_set`) is given;
-        otherwise a first pass reads the files' gene column to count the rows. A file holding other counts than ``gene_rows`` says the
-        dataset changed after indexing (:class:`DatasetError`). Infinite values are an error;
-        with ``absent_as_zero`` features the dataset lacks read as 0.
+        otherwise a first pass reads the files' gene column to count the rows. A file holding
+        other counts than ``gene_rows`` says the dataset changed after indexing
+        (:class:`DatasetError`). Infinite values are an error; with ``absent_as_zero`` features
+        the dataset lacks read as 0.
         """
         ordered = sorted({str(g) for g in genes})
         keys_sorted = np.asarray(ordered, dtype=object)
@@ -304,9 +305,9 @@ class Dataset:
                 x = np.empty((int(counts.sum()), len(features)), dtype=np.float32)
                 starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             order = np.argsort(codes, kind="stable")
-            rank = np.empty(len(codes), dtype=np.int64)
-            first = np.searchsorted(codes[order], codes[order], side="left")
-            rank[order] = np.arange(len(codes)) - first
+            grouped = codes[order]
+            rank = np.empty(len(codes), dtype=np.int64)  # a row's place among its gene's rows in this file
+            rank[order] = np.arange(len(codes)) - np.searchsorted(grouped, grouped, side="left")
             rows = starts[codes] + seen[codes] + rank
             seen += np.bincount(codes, minlength=len(ordered))
             if (seen > counts).any():
