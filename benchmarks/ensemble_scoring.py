@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for m in member_fits:
                 member_margins([[booster_from_bytes(f.booster) for f in m]], x)
         seconds["reload"] += time.perf_counter() - t + read
-        bare_margins = combine_margins(mm, fit_weights(member_fits, "weighted"))
+        bare_margins = combine_margins(mm, fit_weights(member_fits, "weighted")).astype(np.float32)  # the frame holds float32
         got = frame[[f"margin_{c}" for c in LABELS]].to_numpy()
         worst = max(worst, float(np.max(np.abs(got - bare_margins))))
         rows += len(x)

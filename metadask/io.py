@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,31 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame, **kw: Any) -> Path:
 
 def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_parquet_chunks(path: str | os.PathLike, chunks: Iterable[Any]) -> Path:
+    """Write pyarrow tables of one schema as one parquet file (a row group per table), atomically.
+
+    Only one table is held at a time: the way to write a frame too large to copy whole.
+    """
+    def writer(tmp: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out = None
+        try:
+            for table in chunks:
+                if out is None:
+                    out = pq.ParquetWriter(tmp, table.schema)
+                out.write_table(table)
+        finally:
+            if out is not None:
+                out.close()
+            pa.default_memory_pool().release_unused()  # the tables' buffers back to the system
+        if out is None:
+            raise ValueError("no rows to write")
+
+    return atomic_write(path, writer)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

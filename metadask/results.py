@@ -2,20 +2,129 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from metadask.models.base import MetaModel
+from metadask.dataset.memory import trim_memory
+from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
+from metadask.models.base import MetaModel, sigmoid
 
 OOF_COLUMNS = (
     "gene", "position", "label", "neither_score", "donor_score", "acceptor_score",
     "raw_neither", "raw_donor", "raw_acceptor", "prob_neither", "prob_donor", "prob_acceptor", "fold", "weight",
 )
 """Columns of the out-of-fold prediction frame (``raw_*`` uncalibrated, ``prob_*`` calibrated;
-``weight``: the row's inverse inclusion probability, only for weighted datasets)."""
+``weight``: the row's inverse inclusion probability, only for weighted datasets).
+
+In memory (``TrainingResult.oof``) the frame is compact, since it holds every row of the
+dataset on the client: ``gene`` is categorical (the gene index's genes), ``label`` int8,
+``fold`` int16, ``position`` int32 where it fits, the margins and ``prob_*`` float32 (the
+margins are XGBoost's float32 output, so nothing is lost), the base scores float64 as read.
+``raw_*`` is not held: it is ``sigmoid(margin_*)``, see :func:`raw_proba`, and is written to
+``oof_predictions.parquet`` with the other columns."""
+
+OOF_FLOAT = np.float32
+"""dtype of the margins and calibrated probabilities held in memory."""
+
+
+def raw_proba(oof: pd.DataFrame, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    """The uncalibrated one-vs-rest probabilities ``sigmoid(margin_*)`` (n x 3, float64) of ``oof`` (or ``rows`` of it)."""
+    margins = [oof[f"margin_{c}"].to_numpy() for c in LABELS]
+    return sigmoid(np.column_stack([m if rows is None else m[rows] for m in margins]).astype(np.float64))
+
+
+def oof_tables(oof: pd.DataFrame, columns: Sequence[str], chunk_rows: int = 250_000) -> Iterator[Any]:
+    """``oof``'s ``columns`` (``raw_*`` computed from the margins) as pyarrow tables of ``chunk_rows`` rows.
+
+    The file's types are the plain ones (gene string, position and fold int64, scores and
+    probabilities float64), whatever the compact in-memory dtypes.
+    """
+    import pyarrow as pa
+
+    for start in range(0, max(1, len(oof)), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        raw = raw_proba(oof, rows) if any(c.startswith("raw_") for c in columns) else None
+        data: dict[str, Any] = {}
+        for c in columns:
+            if c.startswith("raw_"):
+                data[c] = raw[:, LABELS.index(c[4:])]
+            elif c == "gene":
+                data[c] = pa.array(oof[c].iloc[rows].astype(str).to_numpy(), type=pa.string())
+            elif c in ("position", "fold"):
+                data[c] = oof[c].to_numpy()[rows].astype(np.int64)
+            elif c == "label":
+                data[c] = oof[c].to_numpy()[rows]
+            else:
+                data[c] = oof[c].to_numpy()[rows].astype(np.float64)
+        yield pa.table(data)
+
+
+class OOFAssembler:
+    """The out-of-fold frame built from prediction parts as they arrive, without a second copy.
+
+    Each part (a strategy's prediction task's frame: ``gene``, ``position``, ``label``, base
+    scores, ``margin_*``, maybe ``weight``) is made compact when it lands (see
+    :data:`OOF_COLUMNS`); :meth:`frame` then concatenates column by column, releasing each
+    part's column as it goes, so the client peaks at about one frame plus one column, not two
+    frames (``pd.concat`` of the parts).
+    """
+
+    def __init__(self, genes: Iterable[str], n_parts: int):
+        self.categories = pd.Index(sorted(genes), dtype=object)
+        self._parts: list[dict[str, np.ndarray] | None] = [None] * n_parts
+
+    def add(self, i: int, part: pd.DataFrame, fold: int) -> None:
+        """Part ``i`` (in the strategy's order) predicted by the models of CV fold ``fold``."""
+        gene = part["gene"]
+        if isinstance(gene.dtype, pd.CategoricalDtype):  # the part's own categories -> the index's
+            where = self.categories.get_indexer(gene.cat.categories.astype(str))
+            local = gene.cat.codes.to_numpy()
+            codes = np.where(local >= 0, where[local], -1)
+        else:
+            codes = self.categories.get_indexer(gene.astype(str))
+        codes = codes.astype(np.int16 if len(self.categories) < 2**15 else np.int32)
+        if len(codes) and codes.min() < 0:
+            raise ValueError(f"out-of-fold part {i} holds genes that are not in the gene index")
+        # own copies: a received part's columns are views into its message buffers, which would
+        # stay alive (the whole part) until the last of its columns is concatenated
+        cols: dict[str, np.ndarray] = {
+            "gene": codes,
+            "position": part["position"].to_numpy(copy=True) if "position" in part else np.arange(len(part)),
+            "label": part["label"].to_numpy(dtype=np.int8, copy=True)}
+        for c in BASE_SCORE_COLUMNS:
+            cols[c] = part[c].to_numpy(dtype=np.float64, copy=True)
+        for c in LABELS:
+            cols[f"margin_{c}"] = part[f"margin_{c}"].to_numpy(dtype=OOF_FLOAT, copy=True)
+        if "weight" in part:
+            cols["weight"] = part["weight"].to_numpy(dtype=np.float64, copy=True)
+        cols["fold"] = np.full(len(part), fold, dtype=np.int16)
+        self._parts[i] = cols
+        trim_memory()  # the received part's pages, once the caller drops it
+
+    def frame(self) -> pd.DataFrame:
+        parts = [p for p in self._parts if p is not None]
+        if len(parts) != len(self._parts):
+            raise ValueError(f"{len(self._parts) - len(parts)} out-of-fold parts never arrived")
+        self._parts = []
+        data: dict[str, Any] = {}
+        for name in list(parts[0]) if parts else []:
+            data[name] = np.concatenate([p.pop(name) for p in parts])
+            trim_memory()  # the parts' copies of this column were heap memory: hand it back now
+        if not data:
+            return pd.DataFrame(columns=["gene", "position", "label", *BASE_SCORE_COLUMNS, *(f"margin_{c}" for c in LABELS),
+                                         "fold"])
+        pos = data["position"]
+        if len(pos) and pos.dtype.kind == "i" and -2**31 <= pos.min() and pos.max() < 2**31:
+            data["position"] = pos.astype(np.int32)
+        data["gene"] = pd.Categorical.from_codes(data["gene"], categories=self.categories)
+        frame = pd.DataFrame(data, copy=False)
+        del data, parts
+        trim_memory()  # the parts' freed pages back to the system before calibration
+        return frame
 
 
 class FoldModels(Mapping[int, MetaModel]):

@@ -16,22 +16,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metadask.analysis.metrics import PROB_COLUMNS, fold_metrics
+from metadask.analysis.metrics import PROB_COLUMNS, RAW_COLUMNS, fold_metrics
 from metadask.analysis.summary import summary_dict, write_feature_manifest, write_summary
 from metadask.cluster import CONNECT_OPTIONS, connect, describe
 from metadask.config import TrainConfig, setting
 from metadask.dataset.index import build_gene_index
-from metadask.dataset.memory import format_bytes, matrix_bytes
+from metadask.dataset.memory import format_bytes, matrix_bytes, trim_memory
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.dataset.source import Dataset, open_dataset
 from metadask.errors import ConfigError, OutputError, TrainingError
-from metadask.io import write_csv, write_parquet, write_text
+from metadask.io import write_csv, write_parquet_chunks, write_text
 from metadask.journal import Journal
-from metadask.models.base import sigmoid
 from metadask.models.bundle import save_model
 from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
-from metadask.results import OOF_COLUMNS, TrainingResult
+from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, oof_tables, raw_proba
 from metadask.strategies.base import TrainContext, ignored_options
 from metadask.strategies.capacity import apply_fit_slots, check_worker_memory, lost_to_memory, plan_inputs
 from metadask.strategies.registry import get_strategy
@@ -66,54 +65,130 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool, resume: bool) -> Pa
     return out
 
 
+CALIBRATION_FIT_ROWS = 1_000_000
+"""Calibrators are fitted on at most about this many out-of-fold rows (see :func:`calibration_sample`)."""
+APPLY_CHUNK_ROWS = 1_000_000
+"""Rows calibrated at a time: the client's working arrays stay this size whatever the data."""
+
+
+def calibration_sample(y: np.ndarray, cap: int = CALIBRATION_FIT_ROWS, seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The out-of-fold rows calibrators are fitted on, and each row's weight factor.
+
+    Every row when there are at most ``cap`` (``(None, None)``: exactly the fit on all rows).
+    Above, a sample stratified by label: each class gets an equal share of ``cap`` (a class
+    with fewer rows keeps them all and leaves the rest to the others), and each sampled row
+    is weighted by its class's rows / sampled rows, so the weighted sample stands for every
+    row (a calibrator fitted on it estimates the one fitted on all rows; the rare splice sites
+    are all kept up to their share). Returns sorted row numbers and float64 factors.
+    """
+    n = len(y)
+    if n <= cap:
+        return None, None
+    counts = np.bincount(y, minlength=len(LABELS))
+    quota = np.zeros(len(counts), dtype=np.int64)
+    left, open_ = cap, [k for k in range(len(counts)) if counts[k]]
+    while open_:  # water-filling: equal shares, small classes keep all their rows
+        share = left // len(open_)
+        small = [k for k in open_ if counts[k] <= share]
+        if not small:
+            for k in open_:
+                quota[k] = share
+            break
+        for k in small:
+            quota[k] = counts[k]
+            left -= counts[k]
+            open_.remove(k)
+    rng = np.random.default_rng(seed)
+    rows, factor = [], []
+    for k in range(len(counts)):
+        if not quota[k]:
+            continue
+        members = np.flatnonzero(y == k)
+        take = np.sort(rng.choice(members, int(quota[k]), replace=False)) if quota[k] < counts[k] else members
+        rows.append(take)
+        factor.append(np.full(len(take), counts[k] / len(take)))
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    return np.concatenate(rows)[order], np.concatenate(factor)[order]
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[i:i + APPLY_CHUNK_ROWS] for i in range(0, len(rows), APPLY_CHUNK_ROWS)] or [rows]
+
+
+def set_probabilities(oof: pd.DataFrame, calibrators_of: Any) -> None:
+    """Fill ``oof``'s ``prob_*`` (float32): each fold's rows calibrated by ``calibrators_of(fold)``, a chunk at a time.
+
+    ``calibrators_of(fold)`` returns one calibrator per class (or None: the uncalibrated
+    one-vs-rest probabilities, normalised).
+    """
+    prob = [np.empty(len(oof), dtype=OOF_FLOAT) for _ in LABELS]  # one array per column: set without a copy
+    base_cols = [oof[c].to_numpy() for c in BASE_SCORE_COLUMNS]
+    for f, rows in oof.groupby("fold", sort=True).indices.items():
+        cals = calibrators_of(int(f))
+        for chunk in _chunks(rows):
+            raw = raw_proba(oof, chunk)
+            if cals is not None:
+                for k, c in enumerate(cals):
+                    raw[:, k] = c(raw[:, k], base_cols[k][chunk].astype(np.float64)) if c.base_column else c(raw[:, k])
+            p = combine(raw)
+            for k in range(len(LABELS)):
+                prob[k][chunk] = p[:, k]
+        trim_memory()
+    for k, c in enumerate(PROB_COLUMNS):
+        oof[c] = prob[k]
+
+
 def calibrate(result: TrainingResult, config: TrainConfig) -> None:
     """Per-class calibration, honest: cross-fitted on out-of-fold predictions.
 
     Each fold's rows are calibrated by calibrators fit on the other folds' out-of-fold
     predictions (folds grouped into at most :data:`CALIBRATION_GROUPS` groups, see
-    :func:`calibration_groups`); the final model's calibrators are fit on all of them.
+    :func:`calibration_groups`); the final model's calibrators are fit on all of them. Above
+    :data:`CALIBRATION_FIT_ROWS` rows the fits use a weighted, label-stratified sample
+    (:func:`calibration_sample`); every row is still calibrated, a chunk at a time.
     """
     oof = result.oof
-    raw = sigmoid(oof[[f"margin_{c}" for c in LABELS]].to_numpy())
-    y = oof["label"].to_numpy()
-    w = oof["weight"].to_numpy() if "weight" in oof else None
-    for k, c in enumerate(LABELS):
-        oof[f"raw_{c}"] = raw[:, k]
     if not config.calibrate_per_class:
-        oof[list(PROB_COLUMNS)] = combine(raw)
+        set_probabilities(oof, lambda f: None)
         result.model.calibrators = [IDENTITY] * len(LABELS)
         return
     t0 = time.perf_counter()
-    method = calibration_method(config.calib_method, weighted=w is not None, features=result.model.features)
-    base = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
+    y_all = oof["label"].to_numpy()
+    w_all = oof["weight"].to_numpy() if "weight" in oof else None
+    method = calibration_method(config.calib_method, weighted=w_all is not None, features=result.model.features)
+    picked, factor = calibration_sample(y_all, CALIBRATION_FIT_ROWS, seed=config.seed)
+    rows = picked if picked is not None else slice(None)
+    raw = raw_proba(oof, picked)
+    y = y_all[rows]
+    w = None if w_all is None and factor is None else (factor if w_all is None else
+                                                       w_all[rows] * (1.0 if factor is None else factor))
+    base = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)[rows] if picked is None else \
+        np.column_stack([oof[c].to_numpy(dtype=np.float64)[picked] for c in BASE_SCORE_COLUMNS])
 
-    def fit(k: int, rows: np.ndarray | slice) -> Any:
+    def fit(k: int, inside: np.ndarray | slice) -> Any:
         if method == "stacked" and BASE_SCORE_COLUMNS[k] in result.model.features:
-            return fit_calibrator(raw[rows, k], y[rows] == k, method, None if w is None else w[rows], base=base[rows, k],
+            return fit_calibrator(raw[inside, k], y[inside] == k, method, None if w is None else w[inside], base=base[inside, k],
                                   base_column=BASE_SCORE_COLUMNS[k])
-        return fit_calibrator(raw[rows, k], y[rows] == k, "platt" if method == "stacked" else method,
-                              None if w is None else w[rows])
-
-    def apply(c: Any, k: int, rows: np.ndarray) -> np.ndarray:
-        return c(raw[rows, k], base[rows, k]) if c.base_column else c(raw[rows, k])
+        return fit_calibrator(raw[inside, k], y[inside] == k, "platt" if method == "stacked" else method,
+                              None if w is None else w[inside])
 
     folds = oof["fold"].to_numpy()
-    groups = calibration_groups(folds)
-    cal = np.empty_like(raw)
-    for g in np.unique(groups):
-        inside, outside = groups == g, groups != g
-        cals = [fit(k, outside) for k in range(len(LABELS))]
-        for k in range(len(LABELS)):
-            cal[inside, k] = apply(cals[k], k, inside)
-        for f in np.unique(folds[inside]):
-            result.fold_calibrators[int(f)] = cals
-    oof[list(PROB_COLUMNS)] = combine(cal)
+    fold_ids = np.unique(folds)
+    group_of = calibration_groups(fold_ids)  # fold_ids[i] is in group group_of[i]
+    sample_groups = group_of[np.searchsorted(fold_ids, folds[rows])]
+    by_group = {int(g): [fit(k, sample_groups != g) for k in range(len(LABELS))] for g in np.unique(group_of)}
+    for f, g in zip(fold_ids.tolist(), group_of.tolist()):
+        result.fold_calibrators[int(f)] = by_group[int(g)]
+    set_probabilities(oof, lambda f: result.fold_calibrators[f])
     result.model.calibrators = [fit(k, slice(None)) for k in range(len(LABELS))]
     result.details["calibration_method"] = method
-    log.info("Calibration: %s per class%s, cross-fitted over %d groups of folds, %s rows%s (%.1f s)", method,
+    del raw, base
+    trim_memory()
+    sampled = "" if picked is None else f", fitted on a label-stratified weighted sample of {len(picked):,}"
+    log.info("Calibration: %s per class%s, cross-fitted over %d groups of folds, %s rows%s%s (%.1f s)", method,
              " (Platt on the meta and the base model's logits)" if method == "stacked" else "",
-             len(np.unique(groups)), f"{len(oof):,}",
-             ", weighted by inverse inclusion probability (probabilities refer to every position)" if w is not None else "",
+             len(by_group), f"{len(oof):,}", sampled,
+             ", weighted by inverse inclusion probability (probabilities refer to every position)" if w_all is not None else "",
              time.perf_counter() - t0)
 
 
@@ -466,15 +541,7 @@ def calibrate_on_full_body(result: TrainingResult, sample: pd.DataFrame, config:
     for f in result.fold_calibrators or {int(f): None for f in np.unique(result.oof["fold"])}:
         result.fold_calibrators[f] = fit(folds != f)
     result.model.calibrators = fit(trained if trained.any() else np.ones(len(folds), bool))
-    oof = result.oof
-    oraw = oof[[f"raw_{c}" for c in LABELS]].to_numpy()
-    obase = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)
-    cal = np.empty_like(oraw)
-    for f, rows in oof.groupby("fold").indices.items():
-        cals = result.fold_calibrators.get(int(f), result.model.calibrators)
-        for k, c in enumerate(cals):
-            cal[rows, k] = c(oraw[rows, k], obase[rows, k]) if c.base_column else c(oraw[rows, k])
-    oof[list(PROB_COLUMNS)] = combine(cal)
+    set_probabilities(result.oof, lambda f: result.fold_calibrators.get(f, result.model.calibrators))
     result.details["calibration_method"] = f"{method} on full-body positions"
     log.info("Calibration refitted on full-body out-of-fold scores: %s per class, %s sampled positions standing for "
              "%s (cross-fitted over %d folds)", method, f"{len(sample):,}", f"{w.sum():,.0f}", len(result.fold_calibrators))
@@ -507,8 +574,8 @@ def _with_fit_columns(fm: pd.DataFrame, result: TrainingResult) -> pd.DataFrame:
 
 def _write_core_artifacts(out: Path, result: TrainingResult, ds: Dataset, config: TrainConfig) -> list[str]:
     oof = result.oof
-    cols = [c for c in OOF_COLUMNS if c in oof] + [c for c in oof if c.startswith("margin_")]
-    write_parquet(out / "oof_predictions.parquet", oof[cols])
+    cols = [c for c in OOF_COLUMNS if c in oof or c in RAW_COLUMNS] + [c for c in oof if c.startswith("margin_")]
+    write_parquet_chunks(out / "oof_predictions.parquet", oof_tables(oof, cols))
     write_csv(out / "gene_cv_metrics.csv", result.fold_metrics)
     write_feature_manifest(out, result, list(ds.schema.feature_columns))
     save_model(result.model, out / "model", strategy=result.strategy, extra={

@@ -34,6 +34,7 @@ EXPECTED_KEYS = {
     "ensemble_scoring": {"seconds", "ratio", "reload_ratio", "max_abs_margin_difference"},
     "full_body": {"options", "targets", "real", "synthetic"},
     "read_path": {"features", "cases"},
+    "client_memory": {"options", "runs", "ratios"},
 }
 
 
@@ -147,7 +148,15 @@ def check_scale_out(data: dict) -> None:
     assert data["identical_predictions"] is True and data["n_batches"] == 3 and data["speedup"] > 0
 
 
-CHECKS = {"read_path": check_read_path, "shap_speed": check_shap_speed, "analysis_overhead": check_analysis_overhead,
+def check_client_memory(data: dict) -> None:
+    (run,) = data["runs"]
+    steps = run["steps"]
+    assert run["rows"] == 20_000 and run["variant"] == "current" and run["calibration"] == "platt"
+    assert run["peak"] >= max(s["peak"] for s in steps.values()) > 0 and steps["assemble"]["frame_bytes"] > 0
+    assert abs(sum(run["prob_mean"]) - 1) < 1e-5 and 0 < run["meta_binary_f1"] <= 1 and run["file_bytes"] > 0
+
+
+CHECKS = {"client_memory": check_client_memory, "read_path": check_read_path, "shap_speed": check_shap_speed, "analysis_overhead": check_analysis_overhead,
           "scale_out": check_scale_out, "real_data": check_real_data, "full_body": check_full_body, "inference": check_inference, "growth": check_growth,
           "shared_reads": check_shared_reads, "ensemble_scoring": check_ensemble_scoring}
 

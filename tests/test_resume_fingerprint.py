@@ -20,7 +20,7 @@ from metadask.dataset import open_dataset
 from metadask.training import train
 
 OPTS = {"n_folds": 2, "n_estimators": 8, "seed": 3, "analysis": False, "strategy": "single"}
-PROBS = ["raw_neither", "raw_donor", "raw_acceptor", "prob_neither", "prob_donor", "prob_acceptor"]
+PROBS = ["margin_neither", "margin_donor", "margin_acceptor", "prob_neither", "prob_donor", "prob_acceptor"]
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_every_row_gets_one_out_of_fold_prediction_from_a_model_that_never_saw_i
 def test_calibrated_probabilities_sum_to_one(trained, tiny_dataset):
     result, _ = trained
     p = result.oof[["prob_neither", "prob_donor", "prob_acceptor"]].to_numpy()
-    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)  # prob_* are held as float32 (docs/analysis.md)
     ds = open_dataset(tiny_dataset)
     df = ds.read_file(ds.files[0])
     np.testing.assert_allclose(result.model.predict_proba(df).sum(axis=1), 1.0, atol=1e-9)

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from metadask.analysis.metrics import (
-    RAW_COLUMNS,
     base_proba,
     binary_calls,
     binary_metrics,
@@ -35,7 +34,7 @@ from metadask.analysis.metrics import (
 )
 from metadask.dataset.schema import LABELS
 from metadask.io import write_csv, write_json
-from metadask.results import TrainingResult
+from metadask.results import TrainingResult, raw_proba
 
 EVALUATION_NOTE = (
     "out-of-fold: every row was predicted by models that never saw its gene; prob_* were calibrated "
@@ -79,8 +78,8 @@ def evaluation_summary(oof: pd.DataFrame, *, calib_method: str | None = None, n_
         "base": _model_block(y, genes, base),
     }
     calibration: dict[str, Any] = {"method": calib_method or "none", "n_bins": n_bins}
-    if all(c in oof for c in RAW_COLUMNS):
-        calibration["before"] = calibration_metrics(y, oof[list(RAW_COLUMNS)].to_numpy(dtype=np.float64), n_bins)
+    if all(f"margin_{c}" in oof for c in LABELS):
+        calibration["before"] = calibration_metrics(y, raw_proba(oof), n_bins)
         calibration["before"]["scored"] = "raw_*: uncalibrated one-vs-rest sigmoids of the out-of-fold margins"
     calibration["after"] = calibration_metrics(y, meta, n_bins)
     calibration["after"]["scored"] = "prob_*: cross-fitted calibrated probabilities (sum to 1)"

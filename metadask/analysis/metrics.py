@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from metadask.dataset.memory import trim_memory
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
     PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
@@ -34,7 +35,9 @@ def topk_per_gene(genes: np.ndarray, y: np.ndarray, score: np.ndarray, cls: int)
 
     Ties in score are broken by row order (stable sort). Vectorised: one sort of all rows.
     """
-    codes, uniques = pd.factorize(pd.Series(genes, dtype=object), sort=True)
+    genes = np.asarray(genes)
+    # integer gene codes (a categorical column's) factorize as they are; names as strings
+    codes, uniques = pd.factorize(genes if genes.dtype.kind in "iu" else pd.Series(genes, dtype=object), sort=True)
     truth = np.asarray(y) == cls
     n_genes = len(uniques)
     k = np.bincount(codes, weights=truth, minlength=n_genes).astype(np.int64)
@@ -53,9 +56,9 @@ def topk_per_gene(genes: np.ndarray, y: np.ndarray, score: np.ndarray, cls: int)
 def prediction_metrics(pred: pd.DataFrame) -> dict[str, Any]:
     """Meta and base metrics on the same rows of a prediction frame (one fold or all)."""
     y = pred["label"].to_numpy()
-    genes = pred["gene"].to_numpy()
+    genes = gene_keys(pred["gene"])
     meta, base = meta_proba(pred), base_proba(pred)
-    out: dict[str, Any] = {"n_genes": int(pred["gene"].nunique()), "n_rows": int(len(pred))}
+    out: dict[str, Any] = {"n_genes": int(len(np.unique(genes))), "n_rows": int(len(pred))}
     out.update(classification_metrics(y, meta))
     for prefix, proba in (("base", base), ("meta", meta)):
         b = binary_metrics(y, proba)
@@ -74,11 +77,30 @@ def prediction_metrics(pred: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def gene_keys(genes: pd.Series) -> np.ndarray:
+    """One key per row that identifies its gene: a categorical column's integer codes (no strings built), else the names."""
+    if isinstance(genes.dtype, pd.CategoricalDtype):
+        return genes.cat.codes.to_numpy()
+    return genes.to_numpy()
+
+
+FOLD_COLUMNS = ("gene", "label", *BASE_SCORE_COLUMNS, *PROB_COLUMNS)
+"""The columns :func:`prediction_metrics` reads."""
+
+
 def fold_metrics(oof: pd.DataFrame) -> pd.DataFrame:
-    """One row of :func:`prediction_metrics` per CV fold of an out-of-fold prediction frame."""
+    """One row of :func:`prediction_metrics` per CV fold of an out-of-fold prediction frame.
+
+    A fold at a time, copying only the columns the metrics read (the client holds one fold's
+    working arrays, not a second frame).
+    """
     rows = []
-    for fold, part in oof.groupby("fold", sort=True):
+    for fold, index in oof.groupby("fold", sort=True).indices.items():
+        part = pd.DataFrame({c: oof[c].take(index).to_numpy() if c != "gene" else oof[c].take(index).array
+                             for c in FOLD_COLUMNS if c in oof})
         rows.append({"fold": int(fold), **prediction_metrics(part)})
+        del part
+        trim_memory()
     return pd.DataFrame(rows)
 
 

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from metadask.analysis.metrics import (
-    RAW_COLUMNS,
     base_proba,
     confusion,
     curve_data,
@@ -41,7 +40,7 @@ from metadask.analysis.metrics import (
     reliability_table,
 )
 from metadask.dataset.schema import LABELS
-from metadask.results import TrainingResult
+from metadask.results import TrainingResult, raw_proba
 
 log = logging.getLogger("metadask")
 
@@ -98,8 +97,8 @@ def performance_plots(out: Path, result: TrainingResult, per_gene: Any) -> list[
     paths = P.save_figure(P.roc_figure(curves), d / "roc_curves_meta")
     paths += P.save_figure(P.pr_figure(curves), d / "pr_curves_meta")
     stages = {"after": meta, "base_model": base}
-    if all(c in oof for c in RAW_COLUMNS):
-        stages = {"before": oof[list(RAW_COLUMNS)].to_numpy(dtype=np.float64), **stages}
+    if all(f"margin_{c}" in oof for c in LABELS):
+        stages = {"before": raw_proba(oof), **stages}
     tables = {s: {c: reliability_table(y == k, p[:, k]) for k, c in enumerate(LABELS)} for s, p in stages.items()}
     ece = {s: {c: ece_from_table(t) for c, t in by.items()} for s, by in tables.items()}
     paths += P.save_figure(P.calibration_figure(tables, ece), d / "calibration_curves")

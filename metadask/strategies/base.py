@@ -25,7 +25,7 @@ from metadask.dataset.source import Dataset
 from metadask.journal import Journal, digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.plan import FoldPlan
-from metadask.results import TrainingResult
+from metadask.results import OOFAssembler, TrainingResult
 from metadask.strategies.capacity import memory_failure, task_name, watched
 from metadask.strategies.tasks import FitSpec, GeneSet, gene_set, run_fit, run_fits
 
@@ -172,6 +172,27 @@ class TrainContext:
             rows = f", {len(part):,} rows" if isinstance(part, pd.DataFrame) else ""
             log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
         return results
+
+    def oof_frame(self, futures: Sequence[Any], folds: Sequence[int]) -> pd.DataFrame:
+        """The out-of-fold frame from prediction tasks (``folds[i]``: the CV fold whose models scored part ``i``).
+
+        Each part is made compact as it lands and its future released, so the client holds about
+        one compact frame, never the parts and their concatenation at once
+        (:class:`~metadask.results.OOFAssembler`).
+        """
+        position = {f.key: i for i, f in enumerate(futures)}  # the strategies give every task its own key
+        assembler = OOFAssembler(self.index.genes, len(futures))
+        t0 = time.perf_counter()
+        for n, fut in enumerate(watched(self.client, list(futures), "out-of-fold predictions", self), 1):
+            i = position[fut.key]
+            part = self.result(fut, task_name(fut.key))
+            fut.release()
+            assembler.add(i, part, folds[i])
+            if len(futures) > 1:
+                log.info("[%d/%d] out-of-fold predictions, %s rows (elapsed %.0f s)", n, len(futures), f"{len(part):,}",
+                         time.perf_counter() - t0)
+            del part
+        return assembler.frame()
 
     def result(self, future: Any, task: str) -> Any:
         """``future.result()``; a task lost to memory becomes one :class:`~metadask.errors.TrainingError` line."""

@@ -351,8 +351,7 @@ class BatchEnsembleStrategy(Strategy):
         outputs = ctx.collect(cv_items, "CV member fit") if cv_items else {}
         if member_items:
             outputs.update(ctx.collect(member_items, "member fit"))
-        parts = ctx.gather_logged([f for _, f in oof_parts], "out-of-fold predictions")
-        oof = pd.concat([p.assign(fold=fold) for (fold, _), p in zip(oof_parts, parts)], ignore_index=True)
+        oof = ctx.oof_frame([f for _, f in oof_parts], [fold for fold, _ in oof_parts])
 
         if cv_final:
             prefixes = [p for fp in ctx.fold_plans for p in fold_prefixes[fp.fold]]

@@ -404,5 +404,4 @@ class DistributedStrategy(Strategy):
                 futures.append(client.submit(run_predict, ctx.dataset, ctx.features, gs, fits_future,
                                              key=f"metadask-dxgb-oof-f{fp.fold}-{i}-{id(ctx)}", retries=2))
                 folds.append(fp.fold)
-        parts = ctx.gather_logged(futures, "out-of-fold predictions")
-        return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)
+        return ctx.oof_frame(futures, folds)

@@ -347,8 +347,7 @@ class IncrementalStrategy(Strategy):
             for gs, _ in gene_partitions(ctx.index, fp.test, max_rows):
                 futures.append(ctx.client.submit(_linear_predict, ctx.dataset, ctx.features, gs, model, pure=False, retries=2))
                 folds.append(fp.fold)
-        parts = ctx.gather_logged(futures, "out-of-fold predictions")
-        return pd.concat([p.assign(fold=f) for p, f in zip(parts, folds)], ignore_index=True)
+        return ctx.oof_frame(futures, folds)
 
 
 def _curves(parts: list[tuple[tuple[np.ndarray, int], ...]]) -> np.ndarray:

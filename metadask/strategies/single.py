@@ -115,8 +115,7 @@ class SingleStrategy(Strategy):
         outputs = ctx.collect(cv_items, "CV fit")
         if final_items:
             outputs.update(ctx.collect(final_items, "final fit"))
-        parts = ctx.gather_logged(oof_futures, "out-of-fold predictions")
-        oof = pd.concat([p.assign(fold=fp.fold) for p, fp in zip(parts, ctx.fold_plans)], ignore_index=True)
+        oof = ctx.oof_frame(oof_futures, [fp.fold for fp in ctx.fold_plans])
         model = final_model(outputs, ctx) if refit else cv_ensemble(outputs, ctx)
         model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
                       "final_model": cfg.final_model, "trees": model_trees(model)}

@@ -153,13 +153,14 @@ def run_fits(dataset: Dataset, features: Sequence[str], specs: Sequence[FitSpec]
 def margins_frame(meta: pd.DataFrame, y: np.ndarray, margins: np.ndarray, gene_column: str,
                   weight_column: str | None = None) -> pd.DataFrame:
     """The prediction frame: ids, label code, base scores, per-class margins (and ``weight`` when rows carry one)."""
-    out = pd.DataFrame({"gene": meta[gene_column].astype(str).to_numpy()})
+    # categorical genes and float32 margins (XGBoost's own precision): a compact part to send to the client
+    out = pd.DataFrame({"gene": pd.Categorical(meta[gene_column].astype(str).to_numpy())})
     out["position"] = meta["position"].to_numpy() if "position" in meta else np.arange(len(meta))
     out["label"] = y.astype(np.int8)
     for c in BASE_SCORE_COLUMNS:
         out[c] = meta[c].to_numpy(dtype=np.float64) if c in meta else np.nan
     for k, name in enumerate(LABELS):
-        out[f"margin_{name}"] = margins[:, k]
+        out[f"margin_{name}"] = margins[:, k].astype(np.float32)
     if weight_column is not None and weight_column in meta:
         out["weight"] = meta[weight_column].to_numpy(dtype=np.float64)
     return out
