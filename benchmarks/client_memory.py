@@ -14,7 +14,10 @@ every client pays: NumPy, pandas, XGBoost, scikit-learn, Dask).
 parts concatenated with ``pd.concat``, the out-of-fold frame as it held it), side by side in
 the same run. The growth benchmark measures the same client peak inside whole training runs.
 
-    python -m benchmarks client_memory [--rows 1000000,8500000] [--parts 9] [--baseline PATH] [--tiny]
+``--analysis`` adds the analysis steps that read every row (evaluation summary, per-gene table,
+performance plots; written as ``client_memory_analysis.json``).
+
+    python -m benchmarks client_memory [--rows 1000000,8500000] [--parts 9] [--baseline PATH] [--analysis] [--tiny]
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def cpu():
     t = os.times()
     return t.user + t.system
 
-n_rows, n_parts, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+n_rows, n_parts, out, analysis = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 n_genes = max(n_parts, n_rows // %(per_gene)d)
 genes = np.array([f"GENE{i:07d}" for i in range(n_genes)], dtype=object)
 steps = {"imports": {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu()}}
@@ -103,7 +106,8 @@ if __name__ == "__main__":
     calibrate(result, TrainConfig())
     steps["calibrate"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
     t = time.perf_counter()
-    fm = fold_metrics(result.oof)
+    import inspect
+    fm = fold_metrics(result.oof, client) if "client" in inspect.signature(fold_metrics).parameters else fold_metrics(result.oof)
     steps["fold_metrics"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
     t = time.perf_counter()
     cols = [c for c in R.OOF_COLUMNS if c in oof or c.startswith("raw_")] + [c for c in oof if c.startswith("margin_")]
@@ -114,6 +118,20 @@ if __name__ == "__main__":
         from metadask.io import write_parquet
         write_parquet(os.path.join(out, "oof.parquet"), result.oof[cols])
     steps["write"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
+    if analysis:
+        from metadask.analysis.evaluation import write_evaluation
+        from metadask.analysis.run import performance_plots
+        from pathlib import Path
+        result.fold_metrics = fm
+        t = time.perf_counter()
+        if "client" in inspect.signature(write_evaluation).parameters:
+            summary, per_gene, data = write_evaluation(Path(out), result, "platt", client=client)
+        else:
+            (summary, per_gene), data = write_evaluation(Path(out), result, "platt"), None
+        steps["evaluation"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
+        t = time.perf_counter()
+        performance_plots(Path(out), result, per_gene, *([data] if data is not None else []))
+        steps["performance_plots"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
     probs = [float(np.mean(result.oof[c].to_numpy(), dtype=np.float64)) for c in ("prob_neither", "prob_donor", "prob_acceptor")]
     print(json.dumps({"steps": steps, "peak": status("VmHWM"), "rows": len(result.oof),
                       "meta_binary_f1": float(fm["meta_binary_f1"].mean()), "calibration": result.details.get("calibration_method"),
@@ -123,10 +141,10 @@ if __name__ == "__main__":
 '''
 
 
-def run_variant(tree: Path, n_rows: int, n_parts: int) -> dict[str, Any]:
+def run_variant(tree: Path, n_rows: int, n_parts: int, analysis: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-c", _STEPS % {"per_gene": ROWS_PER_GENE}, str(n_rows), str(n_parts), tmp],
+        proc = subprocess.run([sys.executable, "-c", _STEPS % {"per_gene": ROWS_PER_GENE}, str(n_rows), str(n_parts), tmp, "1" if analysis else "0"],
                               capture_output=True, text=True, env=env, cwd=tmp)
     if proc.returncode != 0:
         raise RuntimeError(f"client_memory variant at {tree} failed:\n{proc.stderr[-3000:]}")
@@ -138,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rows", default="1000000,8500000", help="out-of-fold rows, comma-separated")
     ap.add_argument("--parts", type=int, default=9, help="prediction parts (tasks) the rows arrive in")
     ap.add_argument("--baseline", default=None, help="an earlier checkout to run side by side")
+    ap.add_argument("--analysis", action="store_true",
+                    help="also the analysis steps over the rows (evaluation summary, per-gene table, performance plots)")
     ap.add_argument("--tiny", action="store_true", help="smoke run: 20,000 rows in 4 parts")
     args = ap.parse_args(argv)
     sizes = [20_000] if args.tiny else [int(x) for x in args.rows.split(",")]
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     for n in sizes:
         for name, tree in variants.items():
-            r = run_variant(tree, n, parts)
+            r = run_variant(tree, n, parts, args.analysis)
             r.update(variant=name, tree=str(tree), n_rows=n, parts=parts)
             runs.append(r)
             floor = r["steps"]["imports"]["rss"]
@@ -163,8 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               / max(1, by["baseline"]["peak"] - by["baseline"]["steps"]["imports"]["rss"])}
             print(f"{n:,} rows: current / baseline client peak {ratios[str(n)]['peak']:.2f}x "
                   f"(above the imports {ratios[str(n)]['over_imports']:.2f}x)")
-    payload = {"options": {"rows": sizes, "parts": parts, "baseline": args.baseline}, "runs": runs, "ratios": ratios}
-    write_result("client_memory_tiny" if args.tiny else "client_memory", payload)
+    payload = {"options": {"rows": sizes, "parts": parts, "baseline": args.baseline, "analysis": args.analysis}, "runs": runs, "ratios": ratios}
+    write_result("client_memory_tiny" if args.tiny else "client_memory" + ("_analysis" if args.analysis else ""), payload)
     return payload
 
 

@@ -37,6 +37,17 @@ def raw_proba(oof: pd.DataFrame, rows: slice | np.ndarray | None = None) -> np.n
     return sigmoid(np.column_stack([m if rows is None else m[rows] for m in margins]).astype(np.float64))
 
 
+def fold_rows(oof: pd.DataFrame) -> Iterator[tuple[int, np.ndarray]]:
+    """(fold, its row numbers) of an out-of-fold frame, fold by fold in order.
+
+    One comparison pass per fold instead of ``groupby("fold").indices``, whose factorised codes
+    and sort cost ~24 bytes a row of every row at once (200 MiB at 8.5 M rows).
+    """
+    folds = oof["fold"].to_numpy()
+    for f in np.unique(folds).tolist():
+        yield int(f), np.flatnonzero(folds == f)
+
+
 def oof_tables(oof: pd.DataFrame, columns: Sequence[str], chunk_rows: int = 250_000) -> Iterator[Any]:
     """``oof``'s ``columns`` (``raw_*`` computed from the margins) as pyarrow tables of ``chunk_rows`` rows.
 

@@ -30,7 +30,7 @@ from metadask.journal import Journal
 from metadask.models.bundle import save_model
 from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
-from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, oof_tables, raw_proba
+from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, fold_rows, oof_tables, raw_proba
 from metadask.strategies.base import TrainContext, ignored_options
 from metadask.strategies.capacity import apply_fit_slots, check_worker_memory, lost_to_memory, plan_inputs
 from metadask.strategies.registry import get_strategy
@@ -67,19 +67,20 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool, resume: bool) -> Pa
 
 CALIBRATION_FIT_ROWS = 1_000_000
 """Calibrators are fitted on at most about this many out-of-fold rows (see :func:`calibration_sample`)."""
-APPLY_CHUNK_ROWS = 1_000_000
-"""Rows calibrated at a time: the client's working arrays stay this size whatever the data."""
+APPLY_CHUNK_ROWS = 250_000
+"""Rows calibrated (or drawn for the calibration sample) at a time: the client's working arrays stay this size."""
 
 
 def calibration_sample(y: np.ndarray, cap: int = CALIBRATION_FIT_ROWS, seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The out-of-fold rows calibrators are fitted on, and each row's weight factor.
 
     Every row when there are at most ``cap`` (``(None, None)``: exactly the fit on all rows).
-    Above, a sample stratified by label: each class gets an equal share of ``cap`` (a class
-    with fewer rows keeps them all and leaves the rest to the others), and each sampled row
-    is weighted by its class's rows / sampled rows, so the weighted sample stands for every
-    row (a calibrator fitted on it estimates the one fitted on all rows; the rare splice sites
-    are all kept up to their share). Returns sorted row numbers and float64 factors.
+    Above, about ``cap`` rows stratified by label: each class gets an equal share of ``cap``
+    (a class with fewer rows keeps them all and leaves the rest to the others), each row of a
+    class is kept with probability share / rows of the class (drawn a chunk of rows at a time,
+    so the draw holds a few MiB whatever the data), and each kept row is weighted by its
+    class's rows / kept rows, so the weighted sample stands for every row and every class
+    weighs exactly what it does in the data. Returns sorted row numbers and float64 factors.
     """
     n = len(y)
     if n <= cap:
@@ -98,17 +99,16 @@ def calibration_sample(y: np.ndarray, cap: int = CALIBRATION_FIT_ROWS, seed: int
             quota[k] = counts[k]
             left -= counts[k]
             open_.remove(k)
+    keep_p = np.divide(quota, counts, out=np.zeros(len(counts)), where=counts > 0)
     rng = np.random.default_rng(seed)
-    rows, factor = [], []
-    for k in range(len(counts)):
-        if not quota[k]:
-            continue
-        members = np.flatnonzero(y == k)
-        take = np.sort(rng.choice(members, int(quota[k]), replace=False)) if quota[k] < counts[k] else members
-        rows.append(take)
-        factor.append(np.full(len(take), counts[k] / len(take)))
-    order = np.argsort(np.concatenate(rows), kind="stable")
-    return np.concatenate(rows)[order], np.concatenate(factor)[order]
+    picked = []
+    for start in range(0, n, APPLY_CHUNK_ROWS):
+        part = y[start:start + APPLY_CHUNK_ROWS]
+        picked.append(start + np.flatnonzero(rng.random(len(part)) < keep_p[part]))
+    rows = np.concatenate(picked)
+    kept = np.bincount(y[rows], minlength=len(counts))
+    factor = np.divide(counts, kept, out=np.zeros(len(counts)), where=kept > 0)
+    return rows, factor[y[rows]]
 
 
 def _chunks(rows: np.ndarray) -> list[np.ndarray]:
@@ -123,8 +123,8 @@ def set_probabilities(oof: pd.DataFrame, calibrators_of: Any) -> None:
     """
     prob = [np.empty(len(oof), dtype=OOF_FLOAT) for _ in LABELS]  # one array per column: set without a copy
     base_cols = [oof[c].to_numpy() for c in BASE_SCORE_COLUMNS]
-    for f, rows in oof.groupby("fold", sort=True).indices.items():
-        cals = calibrators_of(int(f))
+    for f, rows in fold_rows(oof):
+        cals = calibrators_of(f)
         for chunk in _chunks(rows):
             raw = raw_proba(oof, chunk)
             if cals is not None:
@@ -326,7 +326,7 @@ def train(
         t = time.perf_counter()
         artifacts = full_body_evaluation(result, full or (ds, index), eval_ds, config, c, out)
         timings["full_body_evaluation"] = time.perf_counter() - t
-        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof), result)  # after any recalibration
+        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof, c), result)  # after any recalibration
         t = time.perf_counter()
         artifacts += _write_core_artifacts(out, result, ds, config)
         notes: list[str] = []

@@ -7,6 +7,7 @@ What the client holds grows with the rows only through this frame (see docs/anal
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,8 +121,9 @@ def test_calibration_sample_keeps_every_rare_row_and_weights_each_class_back_to_
     assert calibration_sample(y, cap=10_000) == (None, None)
     rows, factor = calibration_sample(y, cap=3000, seed=1)
     picked = y[rows]
-    assert np.all(np.diff(rows) > 0) and len(rows) == 3000
-    assert (picked == 1).sum() == 600 and (picked == 2).sum() == 400 and (picked == 0).sum() == 2000  # water-filled
+    assert np.all(np.diff(rows) > 0) and abs(len(rows) - 3000) < 150
+    assert (picked == 1).sum() == 600 and (picked == 2).sum() == 400  # water-filled: the rare classes whole
+    assert abs((picked == 0).sum() - 2000) < 150  # each neither row kept with probability 2000 / 9000
     for k, count in enumerate((9000, 600, 400)):
         assert factor[picked == k].sum() == pytest.approx(count)
     again, _ = calibration_sample(y, cap=3000, seed=1)
@@ -139,17 +141,44 @@ def test_calibrators_fitted_on_the_bounded_sample_match_those_fitted_on_every_ro
         return r
 
     exact = calibrated(full)
-    monkeypatch.setattr(training, "CALIBRATION_FIT_ROWS", 9_000)
-    monkeypatch.setattr(training, "APPLY_CHUNK_ROWS", 7_000)  # several chunks per fold
+    monkeypatch.setattr(training, "CALIBRATION_FIT_ROWS", 20_000)
+    monkeypatch.setattr(training, "APPLY_CHUNK_ROWS", 7_000)  # several chunks per fold and per draw
     with caplog.at_level(logging.INFO, logger="metadask"):
         approx = calibrated(sampled)
-    assert "fitted on a label-stratified weighted sample of 9,000" in caplog.text
+    assert re.search(r"fitted on a label-stratified weighted sample of (19|20),\d{3} \(", caplog.text)
     for a, b in zip(exact.model.calibrators, approx.model.calibrators):
         assert a.method == b.method == "platt"
         assert b.params["a"] == pytest.approx(a.params["a"], rel=0.05) and b.params["b"] == pytest.approx(a.params["b"], abs=0.1)
     p_exact = exact.oof[[f"prob_{c}" for c in LABELS]].to_numpy(dtype=np.float64)
     p_approx = approx.oof[[f"prob_{c}" for c in LABELS]].to_numpy(dtype=np.float64)
-    diff = np.abs(p_exact - p_approx)  # cross-fitted on ~6,750 sampled rows instead of 45,000
-    assert diff.mean() < 0.005 and diff.max() < 0.06
+    diff = np.abs(p_exact - p_approx)  # cross-fitted on ~15,000 sampled rows instead of 45,000
+    print("calibration sample vs every row: mean", diff.mean(), "p99", np.quantile(diff, 0.99))
+    assert diff.mean() < 0.005 and np.quantile(diff, 0.99) < 0.03
     np.testing.assert_allclose(p_approx.sum(axis=1), 1.0, atol=1e-6)
     assert sorted(approx.fold_calibrators) == [0, 1, 2, 3]
+
+
+def test_the_evaluation_computed_on_a_worker_equals_the_one_computed_on_the_client(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from metadask.analysis.evaluation import write_evaluation
+    from metadask.training import calibrate
+
+    oof = _big(30_000)
+    result = TrainingResult("t", "", SimpleNamespace(features=[], calibrators=None), oof, pd.DataFrame(), {}, [], {}, pd.Series(dtype=int))
+    calibrate(result, TrainConfig())
+    result.fold_metrics = fold_metrics(oof)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    here = write_evaluation(tmp_path / "here", result, "platt")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        there = write_evaluation(tmp_path / "there", result, "platt", client=client)
+        worker_folds = fold_metrics(oof, client)
+    pd.testing.assert_frame_equal(worker_folds, result.fold_metrics)
+    assert here[0] == there[0]
+    pd.testing.assert_frame_equal(here[1], there[1])
+    for name in ("meta_evaluation_summary.json", "base_vs_meta_performance.tsv", "ensemble_cv_results.csv"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
+    assert set(here[2]) == set(there[2]) == {"curves", "reliability", "ece", "confusion"}
+    assert here[2]["ece"] == there[2]["ece"]

@@ -29,18 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from metadask.analysis.metrics import (
-    base_proba,
-    confusion,
-    curve_data,
-    ece_from_table,
-    meta_proba,
-    reliability_table,
-)
 from metadask.dataset.schema import LABELS
-from metadask.results import TrainingResult, raw_proba
+from metadask.results import TrainingResult
 
 log = logging.getLogger("metadask")
 
@@ -85,25 +75,18 @@ class _Steps:
         return value
 
 
-def performance_plots(out: Path, result: TrainingResult, per_gene: Any) -> list[Path]:
-    """Compute curve / reliability / confusion data from the OOF frame, then render each plot."""
+def performance_plots(out: Path, result: TrainingResult, per_gene: Any, data: dict[str, Any] | None = None) -> list[Path]:
+    """Render the performance plots from their data (:func:`~metadask.analysis.evaluation.performance_data`,
+    computed here from the OOF frame when not given)."""
+    from metadask.analysis import evaluation
     from metadask.analysis import plots as P
 
-    oof = result.oof
-    y = oof["label"].to_numpy()
-    meta, base = meta_proba(oof), base_proba(oof)
+    data = data if data is not None else evaluation.performance_data(result.oof)
     d = out / "performance_plots"
-    curves = curve_data(y, {"base": base, "meta": meta})
-    paths = P.save_figure(P.roc_figure(curves), d / "roc_curves_meta")
-    paths += P.save_figure(P.pr_figure(curves), d / "pr_curves_meta")
-    stages = {"after": meta, "base_model": base}
-    if all(f"margin_{c}" in oof for c in LABELS):
-        stages = {"before": raw_proba(oof), **stages}
-    tables = {s: {c: reliability_table(y == k, p[:, k]) for k, c in enumerate(LABELS)} for s, p in stages.items()}
-    ece = {s: {c: ece_from_table(t) for c, t in by.items()} for s, by in tables.items()}
-    paths += P.save_figure(P.calibration_figure(tables, ece), d / "calibration_curves")
-    cms = {"base": confusion(y, base.argmax(axis=1)), "meta": confusion(y, meta.argmax(axis=1))}
-    paths += P.save_figure(P.confusion_figure(cms), d / "confusion_matrices")
+    paths = P.save_figure(P.roc_figure(data["curves"]), d / "roc_curves_meta")
+    paths += P.save_figure(P.pr_figure(data["curves"]), d / "pr_curves_meta")
+    paths += P.save_figure(P.calibration_figure(data["reliability"], data["ece"]), d / "calibration_curves")
+    paths += P.save_figure(P.confusion_figure(data["confusion"]), d / "confusion_matrices")
     paths += P.save_figure(P.gene_f1_figure(per_gene), d / "gene_f1_base_vs_meta")
     return paths
 
@@ -160,8 +143,8 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
         notes.append("SHAP skipped (--skip-shap): no shap_analysis/; feature importance without SHAP columns.")
 
     ev = steps.run("evaluation", lambda: evaluation.write_evaluation(
-        out, result, result.details.get("calibration_method", cfg.calib_method) if cfg.calibrate_per_class else None))
-    ev_summary, per_gene = ev if ev else (None, None)
+        out, result, result.details.get("calibration_method", cfg.calib_method) if cfg.calibrate_per_class else None, client=ctx.client, plots=plots))
+    ev_summary, per_gene, plot_data = ev if ev else (None, None, None)
     if ev:
         artifacts += [
             "meta_evaluation_summary.json - Out-of-fold evaluation: per-class metrics, confusion matrix, calibration before/after, base vs meta",
@@ -176,7 +159,7 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
         n_parts=_n_parts(ctx, rows), contributions=not cfg.skip_shap))
     shap_result = imp_table = ovf = None
     try:
-        if plots and per_gene is not None and steps.run("performance plots", lambda: performance_plots(out, result, per_gene)):
+        if plots and per_gene is not None and steps.run("performance plots", lambda: performance_plots(out, result, per_gene, plot_data)):
             artifacts.append("performance_plots/ - ROC / PR curves base vs meta (binary and per class), reliability curves, "
                              "confusion matrices")
         ovf = steps.run("overfitting", lambda: overfitting.write_overfitting(out, result, cfg.n_estimators, plots=plots))

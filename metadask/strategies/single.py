@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 
 from metadask.dataset.schema import LABELS
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
