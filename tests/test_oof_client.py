@@ -182,3 +182,19 @@ def test_the_evaluation_computed_on_a_worker_equals_the_one_computed_on_the_clie
         assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
     assert set(here[2]) == set(there[2]) == {"curves", "reliability", "ece", "confusion"}
     assert here[2]["ece"] == there[2]["ece"]
+
+
+def test_the_batch_ensembles_cv_figures_are_the_same_scored_on_workers_or_on_the_client():
+    from distributed import Client, LocalCluster
+
+    from metadask.strategies.batch_ensemble import ensemble_cv_results
+
+    result = TrainingResult("batch-ensemble", "", SimpleNamespace(features=[], calibrators=None), _big(20_000), pd.DataFrame(),
+                            {}, [], {}, pd.Series(dtype=int), details={"ensemble_cv": [{"fold": 2, "members_used": 3}]})
+    here = ensemble_cv_results(result)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        there = ensemble_cv_results(result, client)
+    pd.testing.assert_frame_equal(here, there)
+    assert here["fold"].tolist() == [0, 1, 2, 3] and here["n_genes"].tolist() == [3, 3, 3, 3]
+    assert here.loc[2, "members_used"] == 3 and set(here["probabilities"]) == {"uncalibrated"}

@@ -44,7 +44,7 @@ from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.models.threads import fit_threads
 from metadask.plan import eval_sample, split_validation
-from metadask.results import FoldModels, TrainingResult
+from metadask.results import FoldModels, TrainingResult, fold_rows
 from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, FINAL_MODEL_OPTIONS, Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows
 
@@ -190,33 +190,61 @@ def _chunks(index: GeneIndex, genes: Sequence[str], genes_per_task: int, seed: i
     return [sorted(groups.index[groups == g]) for g in range(int(groups.max()) + 1)]
 
 
-def ensemble_cv_results(result: TrainingResult) -> pd.DataFrame:
+def fold_figures(part: pd.DataFrame) -> dict[str, Any]:
+    """One fold's figures of :func:`ensemble_cv_results` (runs on a worker when there is a client)."""
+    if all(c in part for c in PROB_COLUMNS):
+        proba = part[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    else:
+        proba = combine(sigmoid(part[[f"margin_{c}" for c in LABELS]].to_numpy()))
+    y = part["label"].to_numpy()
+    base = part[["neither_score", "donor_score", "acceptor_score"]].to_numpy(dtype=np.float64)
+    cls = classification_metrics(y, proba)
+    return {"n_genes": int(part["gene"].nunique()), "n_rows": int(len(part)), "accuracy": cls["accuracy"],
+            "macro_f1": cls["macro_f1"], "meta_binary_f1": binary_metrics(y, proba)["f1"],
+            "base_binary_f1": binary_metrics(y, base)["f1"]}
+
+
+def ensemble_cv_results(result: TrainingResult, client: Any = None) -> pd.DataFrame:
     """Per-fold figures of the ensemble's honest CV (``ensemble_cv_results.csv``).
 
     Uses the calibrated ``prob_*`` columns of ``result.oof`` when present (after
-    :func:`metadask.training.calibrate`), otherwise the uncalibrated combined sigmoids.
+    :func:`metadask.training.calibrate`), otherwise the uncalibrated combined sigmoids. A fold
+    at a time, only the columns it reads; with a Dask ``client`` each fold is scored on a worker
+    (the client keeps no fold's metric arrays).
     """
+    import uuid
+
+    from metadask.cluster.watch import gather
+
     oof = result.oof
     calibrated = all(c in oof for c in PROB_COLUMNS)
+    columns = ["gene", "label", "neither_score", "donor_score", "acceptor_score",
+               *(PROB_COLUMNS if calibrated else [f"margin_{c}" for c in LABELS])]
     folds = {int(r["fold"]): r for r in result.details.get("ensemble_cv", [])}
-    rows = []
-    for fold, part in oof.groupby("fold", sort=True):
-        if calibrated:
-            proba = part[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    figures: dict[int, Any] = {}
+    token = uuid.uuid4().hex[:8]
+    for fold, rows in fold_rows(oof):
+        part = pd.DataFrame({c: oof[c].take(rows).to_numpy() if c != "gene" else oof[c].take(rows).array for c in columns})
+        if client is None:
+            figures[fold] = fold_figures(part)
         else:
-            proba = combine(sigmoid(part[[f"margin_{c}" for c in LABELS]].to_numpy()))
-        y = part["label"].to_numpy()
-        base = part[["neither_score", "donor_score", "acceptor_score"]].to_numpy(dtype=np.float64)
-        cls = classification_metrics(y, proba)
-        info = folds.get(int(fold), {})
-        rows.append({
-            "fold": int(fold), "mode": result.details.get("ensemble_cv_mode"), "n_genes": int(part["gene"].nunique()),
-            "n_rows": int(len(part)), "members_used": info.get("members_used"), "scored_by": info.get("scored_by"),
-            "accuracy": cls["accuracy"], "macro_f1": cls["macro_f1"],
-            "meta_binary_f1": binary_metrics(y, proba)["f1"], "base_binary_f1": binary_metrics(y, base)["f1"],
+            [data] = client.scatter([part], hash=False)
+            figures[fold] = client.submit(fold_figures, data, pure=False, key=f"metadask-ensemble-cv-{fold}-{token}")
+        del part
+    if client is not None and figures:
+        done = gather(client, list(figures.values()), "the ensemble CV figures")
+        figures = dict(zip(figures, done))
+    rows_out = []
+    for fold, fig in figures.items():
+        info = folds.get(fold, {})
+        rows_out.append({
+            "fold": fold, "mode": result.details.get("ensemble_cv_mode"), "n_genes": fig["n_genes"],
+            "n_rows": fig["n_rows"], "members_used": info.get("members_used"), "scored_by": info.get("scored_by"),
+            "accuracy": fig["accuracy"], "macro_f1": fig["macro_f1"],
+            "meta_binary_f1": fig["meta_binary_f1"], "base_binary_f1": fig["base_binary_f1"],
             "probabilities": "calibrated" if calibrated else "uncalibrated",
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows_out)
 
 
 class BatchEnsembleStrategy(Strategy):
@@ -391,5 +419,5 @@ class BatchEnsembleStrategy(Strategy):
             excluded=dict(ctx.excluded), folds=folds, details=details,
             fold_models=FoldModels(fold_model, fold_prefixes),
         )
-        result.details["ensemble_cv_results"] = ensemble_cv_results(result)
+        result.details["ensemble_cv_results"] = ensemble_cv_results(result, ctx.client)
         return result
