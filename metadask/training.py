@@ -160,10 +160,10 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
     rows = picked if picked is not None else slice(None)
     raw = raw_proba(oof, picked)
     y = y_all[rows]
-    w = None if w_all is None and factor is None else (factor if w_all is None else
-                                                       w_all[rows] * (1.0 if factor is None else factor))
-    base = oof[list(BASE_SCORE_COLUMNS)].to_numpy(dtype=np.float64)[rows] if picked is None else \
-        np.column_stack([oof[c].to_numpy(dtype=np.float64)[picked] for c in BASE_SCORE_COLUMNS])
+    w = None if w_all is None else w_all[rows]
+    if factor is not None:
+        w = factor if w is None else w * factor
+    base = np.column_stack([oof[c].to_numpy(dtype=np.float64)[rows] for c in BASE_SCORE_COLUMNS])
 
     def fit(k: int, inside: np.ndarray | slice) -> Any:
         if method == "stacked" and BASE_SCORE_COLUMNS[k] in result.model.features:

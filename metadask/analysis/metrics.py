@@ -19,7 +19,7 @@ from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
     PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
 )
-from metadask.results import fold_rows
+from metadask.results import map_folds
 
 
 def base_proba(pred: pd.DataFrame) -> np.ndarray:
@@ -97,26 +97,8 @@ def fold_metrics(oof: pd.DataFrame, client: Any = None) -> pd.DataFrame:
     sorting and curve arrays: ~200 bytes a row of the fold in scikit-learn's AP and ROC-AUC),
     the folds in parallel; the figures are the same.
     """
-    import uuid
-
-    from metadask.cluster.watch import gather
-
-    rows, pending = [], []
-    token = uuid.uuid4().hex[:8]
-    for fold, index in fold_rows(oof):
-        part = pd.DataFrame({c: oof[c].take(index).to_numpy() if c != "gene" else oof[c].take(index).array
-                             for c in FOLD_COLUMNS if c in oof})
-        if client is None:
-            rows.append({"fold": int(fold), **prediction_metrics(part)})
-        else:
-            [data] = client.scatter([part], hash=False)  # on a worker now: the local copy can go
-            pending.append((int(fold), client.submit(prediction_metrics, data, pure=False,
-                                                     key=f"metadask-fold-metrics-{int(fold)}-{token}")))
-        del part
-        trim_memory()
-    if pending:
-        scored = gather(client, [f for _, f in pending], "the per-fold metrics")
-        rows = [{"fold": fold, **r} for (fold, _), r in zip(pending, scored)]
+    scored = map_folds(oof, FOLD_COLUMNS, prediction_metrics, client, "the per-fold metrics")
+    rows = [{"fold": fold, **r} for fold, r in scored.items()]
     return pd.DataFrame(rows)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -160,17 +160,26 @@ class TrainContext:
             )
         return results
 
-    def gather_logged(self, futures: Sequence[Any], what: str) -> list[Any]:
-        """Gather ``futures`` in order, logging a line as each finishes (frames: with their rows)."""
+    def each_result(self, futures: Sequence[Any], what: str) -> Iterator[tuple[int, Any]]:
+        """(position in ``futures``, result) as each task finishes, watched, logging a line each (frames: with their rows).
+
+        Each future is released once its result is taken: the caller holds the only copy.
+        """
         position = {f.key: i for i, f in enumerate(futures)}  # the strategies give every task its own key
-        results: list[Any] = [None] * len(futures)
         t0 = time.perf_counter()
         for n, fut in enumerate(watched(self.client, list(futures), what, self), 1):
-            part = results[position[fut.key]] = self.result(fut, task_name(fut.key))
-            if len(futures) <= 1:
-                continue
-            rows = f", {len(part):,} rows" if isinstance(part, pd.DataFrame) else ""
-            log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
+            part = self.result(fut, task_name(fut.key))
+            fut.release()
+            if len(futures) > 1:
+                rows = f", {len(part):,} rows" if isinstance(part, pd.DataFrame) else ""
+                log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
+            yield position[fut.key], part
+
+    def gather_logged(self, futures: Sequence[Any], what: str) -> list[Any]:
+        """Gather ``futures`` in order, logging a line as each finishes."""
+        results: list[Any] = [None] * len(futures)
+        for i, part in self.each_result(futures, what):
+            results[i] = part
         return results
 
     def oof_frame(self, futures: Sequence[Any], folds: Sequence[int]) -> pd.DataFrame:
@@ -180,17 +189,9 @@ class TrainContext:
         one compact frame, never the parts and their concatenation at once
         (:class:`~metadask.results.OOFAssembler`).
         """
-        position = {f.key: i for i, f in enumerate(futures)}  # the strategies give every task its own key
         assembler = OOFAssembler(self.index.genes, len(futures))
-        t0 = time.perf_counter()
-        for n, fut in enumerate(watched(self.client, list(futures), "out-of-fold predictions", self), 1):
-            i = position[fut.key]
-            part = self.result(fut, task_name(fut.key))
-            fut.release()
+        for i, part in self.each_result(futures, "out-of-fold predictions"):
             assembler.add(i, part, folds[i])
-            if len(futures) > 1:
-                log.info("[%d/%d] out-of-fold predictions, %s rows (elapsed %.0f s)", n, len(futures), f"{len(part):,}",
-                         time.perf_counter() - t0)
             del part
         return assembler.frame()
 

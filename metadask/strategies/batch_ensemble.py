@@ -44,7 +44,7 @@ from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.models.threads import fit_threads
 from metadask.plan import eval_sample, split_validation
-from metadask.results import FoldModels, TrainingResult, fold_rows
+from metadask.results import FoldModels, TrainingResult, map_folds
 from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, FINAL_MODEL_OPTIONS, Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows
 
@@ -212,28 +212,12 @@ def ensemble_cv_results(result: TrainingResult, client: Any = None) -> pd.DataFr
     at a time, only the columns it reads; with a Dask ``client`` each fold is scored on a worker
     (the client keeps no fold's metric arrays).
     """
-    import uuid
-
-    from metadask.cluster.watch import gather
-
     oof = result.oof
     calibrated = all(c in oof for c in PROB_COLUMNS)
     columns = ["gene", "label", "neither_score", "donor_score", "acceptor_score",
                *(PROB_COLUMNS if calibrated else [f"margin_{c}" for c in LABELS])]
     folds = {int(r["fold"]): r for r in result.details.get("ensemble_cv", [])}
-    figures: dict[int, Any] = {}
-    token = uuid.uuid4().hex[:8]
-    for fold, rows in fold_rows(oof):
-        part = pd.DataFrame({c: oof[c].take(rows).to_numpy() if c != "gene" else oof[c].take(rows).array for c in columns})
-        if client is None:
-            figures[fold] = fold_figures(part)
-        else:
-            [data] = client.scatter([part], hash=False)
-            figures[fold] = client.submit(fold_figures, data, pure=False, key=f"metadask-ensemble-cv-{fold}-{token}")
-        del part
-    if client is not None and figures:
-        done = gather(client, list(figures.values()), "the ensemble CV figures")
-        figures = dict(zip(figures, done))
+    figures = map_folds(oof, columns, fold_figures, client, "the ensemble CV figures")
     rows_out = []
     for fold, fig in figures.items():
         info = folds.get(fold, {})
