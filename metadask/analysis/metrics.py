@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from metadask.dataset.memory import trim_memory
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
     PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
