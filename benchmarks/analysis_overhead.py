@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = metadask.train(str(path), os.path.join(tmp, "run"), client=client, strategy="single",
                                 n_folds=args.n_folds, n_estimators=args.n_estimators, shap_sample=args.shap_sample)
         wall = time.perf_counter() - t0
+        n_rows = len(result.oof_parts)
     t = result.timings
     steps = {k.removeprefix("analysis_"): v for k, v in t.items() if k.startswith("analysis_")}
     ratio = t["analysis"] / t["training"]
     rows = [
-        ("dataset", f"{args.genes} synthetic genes, {int(result.oof.shape[0]):,} rows, {len(result.features)} features"),
+        ("dataset", f"{args.genes} synthetic genes, {n_rows:,} rows, {len(result.features)} features"),
         ("training", f"{args.n_folds} folds, {args.n_estimators} trees max, {args.workers} workers x 1 thread"),
         ("training phase (s)", f"{t['training']:.1f}"),
         ("analysis (s)", f"{t['analysis']:.1f}  (" + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()) + ")"),
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     print(table(rows))
     payload = {
-        "genes": args.genes, "rows": int(result.oof.shape[0]), "features": len(result.features),
+        "genes": args.genes, "rows": n_rows, "features": len(result.features),
         "n_estimators": args.n_estimators, "n_folds": args.n_folds, "shap_sample": args.shap_sample,
         "workers": args.workers, "training_seconds": t["training"], "analysis_seconds": t["analysis"],
         "wall_seconds": wall, "analysis_over_training": ratio, "analysis_steps": steps, "timings": t,

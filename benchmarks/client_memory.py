@@ -1,12 +1,12 @@
 """Client memory: the client's peak while it turns out-of-fold predictions into a run's results.
 
-The one thing a training run's client holds that grows with the rows is the out-of-fold
-frame: every row's ids, label, base scores, margins and calibrated probabilities. This case
-runs the client's own steps on N rows exactly as ``train()`` does after the strategy's tasks
-have finished: the prediction parts arrive one at a time (as the tasks return them, each
-built by the strategies' own ``margins_frame``), are assembled, calibrated (cross-fitted,
-per class), scored per fold (``gene_cv_metrics.csv``) and written to
-``oof_predictions.parquet``. Each variant and size runs in a fresh subprocess, so its
+Until the out-of-fold predictions stayed on the workers, the one thing a training run's
+client held that grew with the rows was the out-of-fold frame: every row's ids, label, base
+scores, margins and calibrated probabilities. This case runs the client's own steps on N rows
+exactly as ``train()`` does after the strategy's tasks have finished: the prediction parts
+(each built on a worker by the strategies' own ``margins_frame``) are collected (now: made
+compact where they are), calibrated (cross-fitted, per class), scored per fold
+(``gene_cv_metrics.csv``) and written to ``oof_predictions.parquet``. Each variant and size runs in a fresh subprocess, so its
 ``VmHWM`` is that run's client peak; the RSS after imports is reported beside it (the floor
 every client pays: NumPy, pandas, XGBoost, scikit-learn, Dask).
 
@@ -81,7 +81,12 @@ if __name__ == "__main__":
     futures = [client.submit(part, i, pure=False) for i in range(n_parts)]
     wait(futures)  # the parts wait on the worker, as the strategies' prediction tasks do
     t = time.perf_counter()
-    if hasattr(R, "OOFAssembler"):
+    parts_api = hasattr(R, "OOFParts")
+    if parts_api:  # the parts stay on the worker, made compact there; the client learns their sizes
+        oof = R.OOFParts.collect(client, futures, [i %% 5 for i in range(n_parts)], genes,
+                                 lambda fs, what: ((i, f.result()) for i, f in enumerate(fs)))
+        steps["receive"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
+    elif hasattr(R, "OOFAssembler"):
         asm = R.OOFAssembler(genes, n_parts)
         for i, f in enumerate(futures):
             p = f.result()
@@ -96,22 +101,28 @@ if __name__ == "__main__":
         del parts
     del futures
     steps["assemble"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
-    steps["assemble"]["frame_bytes"] = int(oof.memory_usage(deep=True).sum())
+    steps["assemble"]["frame_bytes"] = int(sum(oof.map_parts(lambda p: int(p.memory_usage(deep=True).sum()), what="bytes"))
+                                            if parts_api else oof.memory_usage(deep=True).sum())
     class Model:
         features = list(BASE_SCORE_COLUMNS)
         calibrators = None
-    result = R.TrainingResult(strategy="bench", reason="", model=Model(), oof=oof, fits=pd.DataFrame(), histories={},
-                              features=[], excluded={}, folds=pd.Series(dtype=int))
+    result = R.TrainingResult("bench", "", Model(), oof, pd.DataFrame(), {}, [], {}, pd.Series(dtype=int))
+    oof = None
     t = time.perf_counter()
     calibrate(result, TrainConfig())
     steps["calibrate"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
     t = time.perf_counter()
     import inspect
-    fm = fold_metrics(result.oof, client) if "client" in inspect.signature(fold_metrics).parameters else fold_metrics(result.oof)
+    fm = (fold_metrics(result.oof_parts) if parts_api else
+          fold_metrics(result.oof, client) if "client" in inspect.signature(fold_metrics).parameters else fold_metrics(result.oof))
     steps["fold_metrics"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
     t = time.perf_counter()
-    cols = [c for c in R.OOF_COLUMNS if c in oof or c.startswith("raw_")] + [c for c in oof if c.startswith("margin_")]
-    if hasattr(R, "oof_tables"):
+    have = result.oof_parts.columns if parts_api else list(result.oof.columns)
+    cols = [c for c in R.OOF_COLUMNS if c in have or c.startswith("raw_")] + [c for c in have if c.startswith("margin_")]
+    if parts_api:
+        from metadask.io import write_parquet_chunks
+        write_parquet_chunks(os.path.join(out, "oof.parquet"), result.oof_parts.tables(cols))
+    elif hasattr(R, "oof_tables"):
         from metadask.io import write_parquet_chunks
         write_parquet_chunks(os.path.join(out, "oof.parquet"), R.oof_tables(result.oof, cols))
     else:
@@ -124,7 +135,9 @@ if __name__ == "__main__":
         from pathlib import Path
         result.fold_metrics = fm
         t = time.perf_counter()
-        if "client" in inspect.signature(write_evaluation).parameters:
+        if parts_api:
+            summary, per_gene, data = write_evaluation(Path(out), result, "platt")
+        elif "client" in inspect.signature(write_evaluation).parameters:
             summary, per_gene, data = write_evaluation(Path(out), result, "platt", client=client)
         else:
             (summary, per_gene), data = write_evaluation(Path(out), result, "platt"), None
@@ -132,8 +145,14 @@ if __name__ == "__main__":
         t = time.perf_counter()
         performance_plots(Path(out), result, per_gene, *([data] if data is not None else []))
         steps["performance_plots"] = {"rss": status("VmRSS"), "peak": status("VmHWM"), "cpu": cpu(), "seconds": time.perf_counter() - t}
-    probs = [float(np.mean(result.oof[c].to_numpy(), dtype=np.float64)) for c in ("prob_neither", "prob_donor", "prob_acceptor")]
-    print(json.dumps({"steps": steps, "peak": status("VmHWM"), "rows": len(result.oof),
+    pcols = ["prob_neither", "prob_donor", "prob_acceptor"]
+    if parts_api:
+        n = len(result.oof_parts)
+        probs = (np.sum(result.oof_parts.map_parts(lambda p: p[pcols].to_numpy(dtype=np.float64).sum(axis=0), what="sums"), axis=0) / n).tolist()
+    else:
+        n = len(result.oof)
+        probs = [float(np.mean(result.oof[c].to_numpy(), dtype=np.float64)) for c in pcols]
+    print(json.dumps({"steps": steps, "peak": status("VmHWM"), "rows": n,
                       "meta_binary_f1": float(fm["meta_binary_f1"].mean()), "calibration": result.details.get("calibration_method"),
                       "prob_mean": probs, "file_bytes": os.path.getsize(os.path.join(out, "oof.parquet"))}))
     client.close()

@@ -18,7 +18,8 @@ keeps what finished.
 minutes, 1.45 GiB); use ``--sizes 250,1000,4000`` for a shorter run.
 
     python -m benchmarks growth [--sizes 250,1000,4000,10000] [--strategies single,batch-ensemble]
-                                [--n-estimators 100] [--n-folds 5] [--max-genes-per-batch 1200] [--tiny]
+                                [--n-estimators 100] [--n-folds 5] [--max-genes-per-batch 1200]
+                                [--workers 2] [--threads 1] [--memory-limit 20GiB] [--tiny]
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-folds", type=int, default=5)
     ap.add_argument("--max-genes-per-batch", type=int, default=1200, help="batch-ensemble only (CLI default 1200)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="threads per worker")
+    ap.add_argument("--memory-limit", default=None,
+                    help="memory limit per worker (default: the machine's memory shared by the workers), e.g. 20GiB")
     ap.add_argument("--tiny", action="store_true", help="smoke run: 20 and 40 genes, 10 trees, 2 folds, 20 genes/batch")
     ap.add_argument("--fresh", action="store_true",
                     help="drop the runs of an earlier result file (by default, runs of other sizes or strategies "
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = "growth" + ("_tiny" if args.tiny else "")
     payload: dict[str, Any] = {
         "sizes": sizes, "strategies": strategies, "n_estimators": args.n_estimators, "n_folds": args.n_folds,
-        "max_genes_per_batch": args.max_genes_per_batch, "workers": args.workers, "threads_per_worker": 1,
+        "max_genes_per_batch": args.max_genes_per_batch, "workers": args.workers, "threads_per_worker": args.threads,
+        "memory_limit": args.memory_limit,
         "runs": [], "dataset_seconds": {},
     }
     kept = [] if args.fresh else earlier_runs(name, payload, sizes, strategies)
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"  {genes} genes ({index.n_rows:,} rows), {strategy}: training ...", flush=True)
                 try:
                     m = train_measured(path, os.path.join(tmp, f"{genes}-{strategy}"), strategy, opts,
-                                       workers=args.workers)
+                                       workers=args.workers, threads=args.threads, memory_limit=args.memory_limit)
                 except Exception as exc:
                     traceback.print_exc()
                     payload["runs"].append({**rec, "status": f"failed: {type(exc).__name__}: {exc}"[:500]})
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                 rec.update(status="ok", features=len(result.features), fits=int(len(result.fits)),
                            n_batches=int(result.details.get("n_batches", 1)),
-                           meta_binary_f1=prediction_metrics(result.oof)["meta_binary_f1"], **m)
+                           meta_binary_f1=prediction_metrics(result.oof)["meta_binary_f1"], **m)  # after the client's peak
+                del result
                 payload["runs"].append(rec)
                 payload["runs"].sort(key=lambda r: (r["genes"], r["strategy"]))
                 print(f"  {genes} genes, {strategy}: {rec['wall_seconds']:.1f} s, peak/worker "

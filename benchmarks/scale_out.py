@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 totals[n].append(time.perf_counter() - t)
                 times[n].append(r.timings["training"])
                 results[n] = r
+                r.oof  # read from the run's oof_predictions.parquet while the directory exists
                 print(f"  {n} worker(s): training {r.timings['training']:.1f} s, train() {totals[n][-1]:.1f} s", flush=True)
     key = ["gene", "position"]
     margins = [f"margin_{c}" for c in ("neither", "donor", "acceptor")]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from metadask.dataset.memory import trim_memory
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.base import MetaModel, sigmoid
 
@@ -20,8 +19,8 @@ OOF_COLUMNS = (
 """Columns of the out-of-fold prediction frame (``raw_*`` uncalibrated, ``prob_*`` calibrated;
 ``weight``: the row's inverse inclusion probability, only for weighted datasets).
 
-In memory (``TrainingResult.oof``) the frame is compact, since it holds every row of the
-dataset on the client: ``gene`` is categorical (the gene index's genes), ``label`` int8,
+In memory (:class:`OOFParts`, on the workers) each part is compact, since together they hold
+every row of the dataset: ``gene`` is categorical (the gene index's genes), ``label`` int8,
 ``fold`` int16, ``position`` int32 where it fits, the margins and ``prob_*`` float32 (the
 margins are XGBoost's float32 output, so nothing is lost), the base scores float64 as read.
 ``raw_*`` is not held: it is ``sigmoid(margin_*)``, see :func:`raw_proba`, and is written to
@@ -41,40 +40,11 @@ def fold_rows(oof: pd.DataFrame) -> Iterator[tuple[int, np.ndarray]]:
     """(fold, its row numbers) of an out-of-fold frame, fold by fold in order.
 
     One comparison pass per fold instead of ``groupby("fold").indices``, whose factorised codes
-    and sort cost ~24 bytes a row of every row at once (200 MiB at 8.5 M rows).
+    and sort cost ~24 bytes a row of every row at once.
     """
     folds = oof["fold"].to_numpy()
     for f in np.unique(folds).tolist():
         yield int(f), np.flatnonzero(folds == f)
-
-
-def map_folds(oof: pd.DataFrame, columns: Sequence[str], fn: Callable[[pd.DataFrame], Any], client: Any = None,
-              what: str = "the per-fold figures") -> dict[int, Any]:
-    """``fn(part)`` for each fold's rows of ``oof`` (only ``columns``), by fold.
-
-    A fold at a time, copying only the columns ``fn`` reads. With a Dask ``client`` each fold's
-    part is sent to a worker and ``fn`` runs there (the client keeps none of its working
-    arrays: sorting and curves over millions of rows), the folds in parallel.
-    """
-    import uuid
-
-    from metadask.cluster.watch import gather
-
-    out: dict[int, Any] = {}
-    token = uuid.uuid4().hex[:8]
-    for fold, rows in fold_rows(oof):
-        part = pd.DataFrame({c: oof[c].take(rows).to_numpy() if c != "gene" else oof[c].take(rows).array
-                             for c in columns if c in oof})
-        if client is None:
-            out[fold] = fn(part)
-        else:
-            [data] = client.scatter([part], hash=False)  # on a worker now: the local copy can go
-            out[fold] = client.submit(fn, data, pure=False, key=f"metadask-folds-{getattr(fn, '__name__', 'fn')}-{fold}-{token}")
-        del part
-        trim_memory()
-    if client is not None and out:
-        out = dict(zip(out, gather(client, list(out.values()), what)))
-    return out
 
 
 def oof_tables(oof: pd.DataFrame, columns: Sequence[str], chunk_rows: int = 250_000) -> Iterator[Any]:
@@ -103,68 +73,235 @@ def oof_tables(oof: pd.DataFrame, columns: Sequence[str], chunk_rows: int = 250_
         yield pa.table(data)
 
 
-class OOFAssembler:
-    """The out-of-fold frame built from prediction parts as they arrive, without a second copy.
+def compact_part(part: pd.DataFrame, genes: pd.Index, fold: int) -> pd.DataFrame:
+    """A strategy's prediction part (``gene``, ``position``, ``label``, base scores, ``margin_*``,
+    maybe ``weight``) in the compact types of :data:`OOF_COLUMNS`, with its CV ``fold``.
 
-    Each part (a strategy's prediction task's frame: ``gene``, ``position``, ``label``, base
-    scores, ``margin_*``, maybe ``weight``) is made compact when it lands (see
-    :data:`OOF_COLUMNS`); :meth:`frame` then concatenates column by column, releasing each
-    part's column as it goes, so the client peaks at about one frame plus one column, not two
-    frames (``pd.concat`` of the parts).
+    Runs where the part is (on a worker). ``genes``: the gene index's genes, sorted, the
+    categories of every part's ``gene`` (so parts concatenate as codes).
+    """
+    gene = part["gene"]
+    if isinstance(gene.dtype, pd.CategoricalDtype):  # the part's own categories -> the index's
+        where = genes.get_indexer(gene.cat.categories.astype(str))
+        local = gene.cat.codes.to_numpy()
+        codes = np.where(local >= 0, where[local], -1)
+    else:
+        codes = genes.get_indexer(gene.astype(str))
+    if len(codes) and codes.min() < 0:
+        raise ValueError(f"out-of-fold predictions of fold {fold} hold genes that are not in the gene index")
+    position = part["position"].to_numpy() if "position" in part else np.arange(len(part))
+    if len(position) and position.dtype.kind == "i" and -2**31 <= position.min() and position.max() < 2**31:
+        position = position.astype(np.int32)
+    cols: dict[str, Any] = {
+        "gene": pd.Categorical.from_codes(codes, categories=genes),
+        "position": position,
+        "label": part["label"].to_numpy(dtype=np.int8)}
+    for c in BASE_SCORE_COLUMNS:
+        cols[c] = part[c].to_numpy(dtype=np.float64)
+    for c in LABELS:
+        cols[f"margin_{c}"] = part[f"margin_{c}"].to_numpy(dtype=OOF_FLOAT)
+    if "weight" in part:
+        cols["weight"] = part["weight"].to_numpy(dtype=np.float64)
+    cols["fold"] = np.full(len(part), fold, dtype=np.int16)
+    return pd.DataFrame(cols)
+
+
+def _columns(parts: Sequence[pd.DataFrame], columns: Sequence[str] | None) -> pd.DataFrame:
+    """The parts' ``columns`` (all when None) as one frame (gene codes concatenated, not strings)."""
+    frames = [p if columns is None else p[[c for c in columns if c in p]] for p in parts]
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+class PartInfo(NamedTuple):
+    """What the client learns of an out-of-fold part: its rows and columns."""
+
+    rows: int
+    columns: tuple[str, ...]
+
+
+def _part_info(part: pd.DataFrame) -> PartInfo:
+    return PartInfo(len(part), tuple(part.columns))
+
+
+def _part_table(part: pd.DataFrame, columns: Sequence[str], start: int, stop: int) -> Any:
+    [table] = oof_tables(part.iloc[start:stop], columns, chunk_rows=max(1, stop - start))
+    return table
+
+
+class OOFParts:
+    """Out-of-fold predictions kept as parts, each the rows of one CV fold, where they were made.
+
+    With a Dask ``client`` the parts are futures: the frames stay in the workers' memory and
+    every step that reads them (calibration's sample and its application, the per-fold
+    metrics, the evaluation, the ``oof_predictions.parquet`` file) runs there, part by part,
+    fold by fold or (the evaluation over every row) on one worker; the client receives only
+    results whose size does not depend on the rows (or a bounded sample, or one file chunk at
+    a time). Without a client the parts are local frames and the same steps run in this
+    process (small data, tests, strategies that return a frame).
+
+    Each part is compact (:func:`compact_part`). :meth:`frame` builds the whole frame here, for
+    a user or a test (``TrainingResult.oof``); the trainer itself never calls it.
     """
 
-    def __init__(self, genes: Iterable[str], n_parts: int):
-        self.categories = pd.Index(sorted(genes), dtype=object)
-        self._parts: list[dict[str, np.ndarray] | None] = [None] * n_parts
+    def __init__(self, parts: Sequence[Any], folds: Sequence[int], sizes: Sequence[int], columns: Sequence[str],
+                 client: Any = None):
+        self.parts = list(parts)
+        self.folds = [int(f) for f in folds]
+        self.sizes = [int(n) for n in sizes]
+        self.columns = tuple(columns)
+        self.client = client
+        self.file: Any = None
+        self._frame: pd.DataFrame | None = None
 
-    def add(self, i: int, part: pd.DataFrame, fold: int) -> None:
-        """Part ``i`` (in the strategy's order) predicted by the models of CV fold ``fold``."""
-        gene = part["gene"]
-        if isinstance(gene.dtype, pd.CategoricalDtype):  # the part's own categories -> the index's
-            where = self.categories.get_indexer(gene.cat.categories.astype(str))
-            local = gene.cat.codes.to_numpy()
-            codes = np.where(local >= 0, where[local], -1)
-        else:
-            codes = self.categories.get_indexer(gene.astype(str))
-        codes = codes.astype(np.int16 if len(self.categories) < 2**15 else np.int32)
-        if len(codes) and codes.min() < 0:
-            raise ValueError(f"out-of-fold part {i} holds genes that are not in the gene index")
-        # own copies: a received part's columns are views into its message buffers, which would
-        # stay alive (the whole part) until the last of its columns is concatenated
-        cols: dict[str, np.ndarray] = {
-            "gene": codes,
-            "position": part["position"].to_numpy(copy=True) if "position" in part else np.arange(len(part)),
-            "label": part["label"].to_numpy(dtype=np.int8, copy=True)}
-        for c in BASE_SCORE_COLUMNS:
-            cols[c] = part[c].to_numpy(dtype=np.float64, copy=True)
-        for c in LABELS:
-            cols[f"margin_{c}"] = part[f"margin_{c}"].to_numpy(dtype=OOF_FLOAT, copy=True)
-        if "weight" in part:
-            cols["weight"] = part["weight"].to_numpy(dtype=np.float64, copy=True)
-        cols["fold"] = np.full(len(part), fold, dtype=np.int16)
-        self._parts[i] = cols
-        trim_memory()  # the received part's pages, once the caller drops it
+    @classmethod
+    def of(cls, oof: OOFParts | pd.DataFrame, client: Any = None) -> OOFParts:
+        """``oof`` as parts: a frame split by fold (scattered to the workers with a ``client``)."""
+        if isinstance(oof, OOFParts):
+            return oof
+        parts, folds = [], []
+        for f, rows in fold_rows(oof):
+            parts.append(oof.iloc[rows].reset_index(drop=True))
+            folds.append(f)
+        sizes = [len(p) for p in parts]
+        if client is not None and parts:
+            parts = client.scatter(parts, hash=False)
+        return cls(parts, folds, sizes, list(oof.columns), client)
 
+    @classmethod
+    def collect(cls, client: Any, futures: Sequence[Any], folds: Sequence[int], genes: Iterable[str],
+                results: Callable[[Sequence[Any], str], Iterator[tuple[int, Any]]]) -> OOFParts:
+        """Parts from a strategy's prediction ``futures`` (``folds[i]``: the CV fold whose models scored part ``i``).
+
+        Each is made compact on its worker (:func:`compact_part`) and the original released;
+        ``results(futures, what)`` waits for the small facts of each (rows, columns), logging
+        as they land (``TrainContext.each_result``).
+        """
+        token = _token()
+        [index] = client.scatter([pd.Index(sorted(genes), dtype=object)], broadcast=False, hash=False)
+        parts = [client.submit(compact_part, f, index, int(fold), key=f"metadask-part-compact{i}-{token}", pure=False)
+                 for i, (f, fold) in enumerate(zip(futures, folds))]
+        infos: list[PartInfo | None] = [None] * len(parts)
+        info_futures = [client.submit(_part_info, p, key=f"metadask-part-rows{i}-{token}", pure=False) for i, p in enumerate(parts)]
+        for f in futures:
+            f.release()  # the compact part (a task on the same worker) holds the data from here on
+        for i, info in results(info_futures, "out-of-fold predictions"):
+            infos[i] = info
+        columns = infos[0].columns if infos and infos[0] else ()
+        return cls(parts, folds, [info.rows for info in infos if info], columns, client)
+
+    # -- what the parts hold -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __contains__(self, column: object) -> bool:
+        return column in self.columns
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(set(self.folds))
+
+    # -- running functions on the parts ------------------------------------------------------------
+    def _ensure(self) -> None:
+        """Once released, the parts are read back from :attr:`file` (analysis rerun on a finished run)."""
+        if not self.parts and self.file is not None:
+            local = OOFParts.of(pd.read_parquet(self.file))
+            self.parts, self.folds, self.sizes, self.columns = local.parts, local.folds, local.sizes, local.columns
+
+    def _submit(self, fn: Callable[..., Any], *args: Any, name: str = "") -> Any:
+        if self.client is None:
+            return fn(*args)
+        return self.client.submit(fn, *args, pure=False, key=f"metadask-part-{name or getattr(fn, '__name__', 'fn')}-"
+                                                              f"{_token()}")
+
+    def _results(self, items: Sequence[Any], what: str) -> list[Any]:
+        if self.client is None:
+            return list(items)
+        from metadask.cluster.watch import gather
+
+        return gather(self.client, items, what)
+
+    def map_parts(self, fn: Callable[..., Any], *args: Any, what: str, indexed: bool = False) -> list[Any]:
+        """``fn(part, *args)`` (``fn(part, i, *args)`` when ``indexed``) for every part, in part order."""
+        self._ensure()
+        return self._results([self._submit(fn, p, *((i,) if indexed else ()), *args)
+                              for i, p in enumerate(self.parts)], what)
+
+    def map_folds(self, columns: Sequence[str], fn: Callable[[pd.DataFrame], Any], what: str) -> dict[int, Any]:
+        """``fn(fold's rows)`` (only ``columns``) for every CV fold, by fold; on the workers, the folds in parallel."""
+        self._ensure()
+        items = {}
+        for f in self.fold_ids:
+            rows = self._submit(_columns, [p for p, pf in zip(self.parts, self.folds) if pf == f], list(columns), name="fold")
+            items[f] = self._submit(fn, rows)
+            del rows  # the scheduler keeps it until fn has run
+        return dict(zip(items, self._results(list(items.values()), what)))
+
+    def whole(self, columns: Sequence[str], fn: Callable[..., Any], *args: Any, what: str) -> Any:
+        """``fn(every row (only columns), *args)``, computed on one worker."""
+        self._ensure()
+        rows = self._submit(_columns, self.parts, list(columns), name="rows")
+        [out] = self._results([self._submit(fn, rows, *args)], what)
+        return out
+
+    def transform(self, fn: Callable[..., pd.DataFrame], *args: Any, columns: Sequence[str], what: str) -> None:
+        """Replace every part by ``fn(part, *args)`` (holding ``columns``), waiting until all are made."""
+        self._ensure()
+        new = [self._submit(fn, p, *args) for p in self.parts]
+        if self.client is not None:
+            from metadask.cluster.watch import wait_all
+
+            wait_all(self.client, new, what)
+        self.parts, self.columns, self._frame = new, tuple(columns), None
+
+    def tables(self, columns: Sequence[str], chunk_rows: int = 250_000) -> Iterator[Any]:
+        """The parts' ``columns`` as pyarrow tables of at most ``chunk_rows`` rows (the file's plain types), in order.
+
+        Each table is made on the part's worker and fetched alone (the next one is made
+        meanwhile), so the client holds one or two chunks whatever the rows.
+        """
+        self._ensure()
+        pieces = [(p, start, min(start + chunk_rows, n)) for p, n in zip(self.parts, self.sizes)
+                  for start in range(0, n, chunk_rows)]
+        if self.client is None:
+            for p, start, stop in pieces:
+                yield _part_table(p, columns, start, stop)
+            return
+        ahead: list[Any] = []
+        for p, start, stop in pieces:
+            ahead.append(self._submit(_part_table, p, list(columns), start, stop, name="table"))
+            if len(ahead) == 2:
+                [table] = self._results([ahead.pop(0)], "the out-of-fold file")
+                yield table
+        for fut in ahead:
+            [table] = self._results([fut], "the out-of-fold file")
+            yield table
+
+    # -- the whole frame, here ------------------------------------------------------------------------
     def frame(self) -> pd.DataFrame:
-        parts = [p for p in self._parts if p is not None]
-        if len(parts) != len(self._parts):
-            raise ValueError(f"{len(self._parts) - len(parts)} out-of-fold parts never arrived")
-        self._parts = []
-        data: dict[str, Any] = {}
-        for name in list(parts[0]) if parts else []:
-            data[name] = np.concatenate([p.pop(name) for p in parts])
-            trim_memory()  # the parts' copies of this column were heap memory: hand it back now
-        if not data:
-            return pd.DataFrame(columns=["gene", "position", "label", *BASE_SCORE_COLUMNS, *(f"margin_{c}" for c in LABELS),
-                                         "fold"])
-        pos = data["position"]
-        if len(pos) and pos.dtype.kind == "i" and -2**31 <= pos.min() and pos.max() < 2**31:
-            data["position"] = pos.astype(np.int32)
-        data["gene"] = pd.Categorical.from_codes(data["gene"], categories=self.categories)
-        frame = pd.DataFrame(data, copy=False)
-        del data, parts
-        trim_memory()  # the parts' freed pages back to the system before calibration
-        return frame
+        """Every row as one frame in this process (from the parts, or from :attr:`file` once they are released)."""
+        if self._frame is None:
+            if self.file is not None:
+                self._frame = pd.read_parquet(self.file)
+            else:
+                parts = self.parts if self.client is None else [self.client.gather(p) for p in self.parts]
+                self._frame = _columns(parts, None) if parts else pd.DataFrame(columns=list(self.columns))
+        return self._frame
+
+    def release(self, file: Any = None) -> None:
+        """Let the workers drop the parts; :meth:`frame` then reads ``file`` (the run's ``oof_predictions.parquet``)."""
+        for p in self.parts:
+            if hasattr(p, "release"):
+                p.release()
+        self.parts, self.client, self.file = [], None, file
+        self._frame = None
+
+
+def _token() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 class FoldModels(Mapping[int, MetaModel]):
@@ -201,9 +338,11 @@ class TrainingResult:
         The strategy used and why it was chosen.
     model
         The final model (local; calibrated after :func:`metadask.training.train`).
-    oof
-        Out-of-fold predictions for every row: every prediction comes from models that never
-        saw the row's gene (columns :data:`OOF_COLUMNS`).
+    oof_parts
+        Out-of-fold predictions for every row, a part per CV fold (or more), on the workers:
+        every prediction comes from models that never saw the row's gene (columns
+        :data:`OOF_COLUMNS`). A strategy may also return a plain frame; ``train()`` splits it.
+        :attr:`oof` is the same rows as one frame here.
     fits
         One row per boosted / linear fit: ``scope`` (cv / final / member), ``fold``, ``batch``,
         ``cls``, ``best_iteration``, ``n_trees``, ``rows``, ``seconds``, ``nthread``.
@@ -225,7 +364,7 @@ class TrainingResult:
     strategy: str
     reason: str
     model: MetaModel
-    oof: pd.DataFrame
+    oof_parts: OOFParts
     fits: pd.DataFrame
     histories: dict[str, dict[str, list[float]]]
     features: list[str]
@@ -238,6 +377,24 @@ class TrainingResult:
     summary: dict[str, Any] = field(default_factory=dict)
     fold_models: Mapping[int, MetaModel] = field(default_factory=dict)
     fold_calibrators: dict[int, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.oof_parts, pd.DataFrame):
+            self.oof_parts = OOFParts.of(self.oof_parts)
+
+    @property
+    def oof(self) -> pd.DataFrame:
+        """Every out-of-fold row as one frame in this process (built once, on first use).
+
+        For users and tests: during a run the parts stay on the workers and ``train()`` never
+        builds this frame; after the run it is read from ``oof_predictions.parquet``.
+        Assigning a frame replaces the predictions (the steps after the strategy use it).
+        """
+        return self.oof_parts.frame()
+
+    @oof.setter
+    def oof(self, frame: pd.DataFrame) -> None:
+        self.oof_parts = OOFParts.of(frame)
 
     def fold_model(self, fold: int) -> MetaModel:
         """The calibrated model of CV fold ``fold`` (its cross-fitted calibrators, the final thresholds)."""

@@ -30,7 +30,7 @@ from metadask.journal import Journal
 from metadask.models.bundle import save_model
 from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
-from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, fold_rows, oof_tables, raw_proba
+from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, fold_rows, raw_proba
 from metadask.strategies.base import TrainContext, ignored_options
 from metadask.strategies.capacity import apply_fit_slots, check_worker_memory, lost_to_memory, plan_inputs
 from metadask.strategies.registry import get_strategy
@@ -66,26 +66,25 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool, resume: bool) -> Pa
 
 
 CALIBRATION_FIT_ROWS = 1_000_000
-"""Calibrators are fitted on at most about this many out-of-fold rows (see :func:`calibration_sample`)."""
+"""Calibrators are fitted on at most about this many out-of-fold rows (see :func:`calibration_keep`)."""
 APPLY_CHUNK_ROWS = 250_000
-"""Rows calibrated (or drawn for the calibration sample) at a time: the client's working arrays stay this size."""
+"""Rows calibrated at a time in a part: a worker's working arrays stay this size."""
 
 
-def calibration_sample(y: np.ndarray, cap: int = CALIBRATION_FIT_ROWS, seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The out-of-fold rows calibrators are fitted on, and each row's weight factor.
+def calibration_keep(counts: np.ndarray, cap: int = CALIBRATION_FIT_ROWS) -> np.ndarray | None:
+    """Per class, the probability that an out-of-fold row is drawn for the calibrators' fit.
 
-    Every row when there are at most ``cap`` (``(None, None)``: exactly the fit on all rows).
-    Above, about ``cap`` rows stratified by label: each class gets an equal share of ``cap``
-    (a class with fewer rows keeps them all and leaves the rest to the others), each row of a
-    class is kept with probability share / rows of the class (drawn a chunk of rows at a time,
-    so the draw holds a few MiB whatever the data), and each kept row is weighted by its
+    None (every row: exactly the fit on all rows) when there are at most ``cap`` rows. Above,
+    about ``cap`` rows stratified by label: each class gets an equal share of ``cap`` (a class
+    with fewer rows keeps them all and leaves the rest to the others), each row of a class kept
+    with probability share / rows of the class. The draw (:func:`draw_calibration_rows`) runs
+    part by part on the workers; :func:`calibration_weights` then weights each kept row by its
     class's rows / kept rows, so the weighted sample stands for every row and every class
-    weighs exactly what it does in the data. Returns sorted row numbers and float64 factors.
+    weighs exactly what it does in the data.
     """
-    n = len(y)
-    if n <= cap:
-        return None, None
-    counts = np.bincount(y, minlength=len(LABELS))
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.sum() <= cap:
+        return None
     quota = np.zeros(len(counts), dtype=np.int64)
     left, open_ = cap, [k for k in range(len(counts)) if counts[k]]
     while open_:  # water-filling: equal shares, small classes keep all their rows
@@ -99,43 +98,59 @@ def calibration_sample(y: np.ndarray, cap: int = CALIBRATION_FIT_ROWS, seed: int
             quota[k] = counts[k]
             left -= counts[k]
             open_.remove(k)
-    keep_p = np.divide(quota, counts, out=np.zeros(len(counts)), where=counts > 0)
-    rng = np.random.default_rng(seed)
-    picked = []
-    for start in range(0, n, APPLY_CHUNK_ROWS):
-        part = y[start:start + APPLY_CHUNK_ROWS]
-        picked.append(start + np.flatnonzero(rng.random(len(part)) < keep_p[part]))
-    rows = np.concatenate(picked)
-    kept = np.bincount(y[rows], minlength=len(counts))
-    factor = np.divide(counts, kept, out=np.zeros(len(counts)), where=kept > 0)
-    return rows, factor[y[rows]]
+    return np.divide(quota, counts, out=np.zeros(len(counts)), where=counts > 0)
 
 
-def _chunks(rows: np.ndarray) -> list[np.ndarray]:
-    return [rows[i:i + APPLY_CHUNK_ROWS] for i in range(0, len(rows), APPLY_CHUNK_ROWS)] or [rows]
+def label_counts(part: pd.DataFrame) -> np.ndarray:
+    """Rows per class of an out-of-fold part."""
+    return np.bincount(part["label"].to_numpy(), minlength=len(LABELS))
 
 
-def set_probabilities(oof: pd.DataFrame, calibrators_of: Any) -> None:
-    """Fill ``oof``'s ``prob_*`` (float32): each fold's rows calibrated by ``calibrators_of(fold)``, a chunk at a time.
+def draw_calibration_rows(part: pd.DataFrame, i: int, keep: np.ndarray | None, seed: int,
+                          columns: list[str]) -> pd.DataFrame:
+    """Part ``i``'s rows drawn for the calibrators' fit (each row of class k with probability ``keep[k]``; every row when None)."""
+    cols = [c for c in columns if c in part]
+    if keep is None:
+        return part[cols]
+    y = part["label"].to_numpy()
+    rng = np.random.default_rng([seed, i])
+    return part[cols].iloc[np.flatnonzero(rng.random(len(y)) < keep[y])]
 
-    ``calibrators_of(fold)`` returns one calibrator per class (or None: the uncalibrated
-    one-vs-rest probabilities, normalised).
-    """
-    prob = [np.empty(len(oof), dtype=OOF_FLOAT) for _ in LABELS]  # one array per column: set without a copy
-    base_cols = [oof[c].to_numpy() for c in BASE_SCORE_COLUMNS]
-    for f, rows in fold_rows(oof):
-        cals = calibrators_of(f)
-        for chunk in _chunks(rows):
-            raw = raw_proba(oof, chunk)
+
+def calibration_weights(y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each drawn row's factor: its class's rows / the class's drawn rows (the weighted draw stands for every row)."""
+    kept = np.bincount(y, minlength=len(counts))
+    factor = np.divide(np.asarray(counts, dtype=np.float64), kept, out=np.zeros(len(counts)), where=kept > 0)
+    return factor[y]
+
+
+def calibrated_part(part: pd.DataFrame, calibrators: dict[int, list[Any] | None]) -> pd.DataFrame:
+    """``part`` with ``prob_*`` (float32): its fold's rows calibrated by ``calibrators[fold]``
+    (None: the uncalibrated one-vs-rest probabilities, normalised), a chunk at a time. Runs on a worker."""
+    prob = [np.empty(len(part), dtype=OOF_FLOAT) for _ in LABELS]
+    base_cols = [part[c].to_numpy() for c in BASE_SCORE_COLUMNS]
+    for f, rows in fold_rows(part):
+        cals = calibrators[f]
+        for start in range(0, len(rows), APPLY_CHUNK_ROWS):
+            chunk = rows[start:start + APPLY_CHUNK_ROWS]
+            raw = raw_proba(part, chunk)
             if cals is not None:
                 for k, c in enumerate(cals):
                     raw[:, k] = c(raw[:, k], base_cols[k][chunk].astype(np.float64)) if c.base_column else c(raw[:, k])
             p = combine(raw)
             for k in range(len(LABELS)):
                 prob[k][chunk] = p[:, k]
-        trim_memory()
+    out = part.drop(columns=[c for c in PROB_COLUMNS if c in part])
     for k, c in enumerate(PROB_COLUMNS):
-        oof[c] = prob[k]
+        out[c] = prob[k]
+    return out
+
+
+def set_probabilities(result: TrainingResult, calibrators: dict[int, list[Any] | None]) -> None:
+    """Calibrate every out-of-fold row where it is: fold ``f``'s rows by ``calibrators[f]`` (:func:`calibrated_part`)."""
+    parts = result.oof_parts
+    columns = [*(c for c in parts.columns if c not in PROB_COLUMNS), *PROB_COLUMNS]
+    parts.transform(calibrated_part, calibrators, columns=columns, what="calibrating the out-of-fold predictions")
 
 
 def calibrate(result: TrainingResult, config: TrainConfig) -> None:
@@ -144,26 +159,30 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
     Each fold's rows are calibrated by calibrators fit on the other folds' out-of-fold
     predictions (folds grouped into at most :data:`CALIBRATION_GROUPS` groups, see
     :func:`calibration_groups`); the final model's calibrators are fit on all of them. Above
-    :data:`CALIBRATION_FIT_ROWS` rows the fits use a weighted, label-stratified sample
-    (:func:`calibration_sample`); every row is still calibrated, a chunk at a time.
+    :data:`CALIBRATION_FIT_ROWS` rows the fits use a weighted, label-stratified sample drawn on
+    the workers (:func:`calibration_keep`); every row is still calibrated, on the workers.
     """
-    oof = result.oof
+    parts = result.oof_parts
     if not config.calibrate_per_class:
-        set_probabilities(oof, lambda f: None)
+        set_probabilities(result, {f: None for f in parts.fold_ids})
         result.model.calibrators = [IDENTITY] * len(LABELS)
         return
     t0 = time.perf_counter()
-    y_all = oof["label"].to_numpy()
-    w_all = oof["weight"].to_numpy() if "weight" in oof else None
-    method = calibration_method(config.calib_method, weighted=w_all is not None, features=result.model.features)
-    picked, factor = calibration_sample(y_all, CALIBRATION_FIT_ROWS, seed=config.seed)
-    rows = picked if picked is not None else slice(None)
-    raw = raw_proba(oof, picked)
-    y = y_all[rows]
-    w = None if w_all is None else w_all[rows]
-    if factor is not None:
+    weighted = "weight" in parts
+    method = calibration_method(config.calib_method, weighted=weighted, features=result.model.features)
+    counts = np.sum(parts.map_parts(label_counts, what="the out-of-fold class counts"), axis=0)
+    keep = calibration_keep(counts, CALIBRATION_FIT_ROWS)
+    columns = ["label", "fold", *BASE_SCORE_COLUMNS, *(f"margin_{c}" for c in LABELS), "weight"]
+    drawn = parts.map_parts(draw_calibration_rows, keep, config.seed, columns, what="the calibration sample", indexed=True)
+    sample = pd.concat(drawn, ignore_index=True) if len(drawn) > 1 else drawn[0].reset_index(drop=True)
+    del drawn
+    raw = raw_proba(sample)
+    y = sample["label"].to_numpy()
+    w = sample["weight"].to_numpy(dtype=np.float64) if weighted else None
+    if keep is not None:
+        factor = calibration_weights(y, counts)
         w = factor if w is None else w * factor
-    base = np.column_stack([oof[c].to_numpy(dtype=np.float64)[rows] for c in BASE_SCORE_COLUMNS])
+    base = np.column_stack([sample[c].to_numpy(dtype=np.float64) for c in BASE_SCORE_COLUMNS])
 
     def fit(k: int, inside: np.ndarray | slice) -> Any:
         if method == "stacked" and BASE_SCORE_COLUMNS[k] in result.model.features:
@@ -172,23 +191,23 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
         return fit_calibrator(raw[inside, k], y[inside] == k, "platt" if method == "stacked" else method,
                               None if w is None else w[inside])
 
-    folds = oof["fold"].to_numpy()
-    fold_ids = np.unique(folds)
+    fold_ids = np.array(parts.fold_ids)
     group_of = calibration_groups(fold_ids)  # fold_ids[i] is in group group_of[i]
-    sample_groups = group_of[np.searchsorted(fold_ids, folds[rows])]
+    sample_groups = group_of[np.searchsorted(fold_ids, sample["fold"].to_numpy())]
     by_group = {int(g): [fit(k, sample_groups != g) for k in range(len(LABELS))] for g in np.unique(group_of)}
     for f, g in zip(fold_ids.tolist(), group_of.tolist()):
         result.fold_calibrators[int(f)] = by_group[int(g)]
-    set_probabilities(oof, lambda f: result.fold_calibrators[f])
+    set_probabilities(result, dict(result.fold_calibrators))
     result.model.calibrators = [fit(k, slice(None)) for k in range(len(LABELS))]
     result.details["calibration_method"] = method
-    del raw, base
+    n_sample = len(sample)
+    del raw, base, sample
     trim_memory()
-    sampled = "" if picked is None else f", fitted on a label-stratified weighted sample of {len(picked):,}"
+    sampled = "" if keep is None else f", fitted on a label-stratified weighted sample of {n_sample:,}"
     log.info("Calibration: %s per class%s, cross-fitted over %d groups of folds, %s rows%s%s (%.1f s)", method,
              " (Platt on the meta and the base model's logits)" if method == "stacked" else "",
-             len(by_group), f"{len(oof):,}", sampled,
-             ", weighted by inverse inclusion probability (probabilities refer to every position)" if w_all is not None else "",
+             len(by_group), f"{len(parts):,}", sampled,
+             ", weighted by inverse inclusion probability (probabilities refer to every position)" if weighted else "",
              time.perf_counter() - t0)
 
 
@@ -318,6 +337,7 @@ def train(
                                  timings, "training")
         for r in range(1, config.hard_negative_rounds + 1):
             ds, index = _mine(full, ds, index, result, config, c, out, r)
+            result.oof_parts.release()  # the next round predicts every row again
             result, ctx = _fit_round(ds, index, features, dict(screening.excluded), config, c, spec,
                                      Journal(out / "journal" / f"round{r}", config.resume), timings, f"training_round{r}")
         result.out_dir = str(out)
@@ -326,7 +346,7 @@ def train(
         t = time.perf_counter()
         artifacts = full_body_evaluation(result, full or (ds, index), eval_ds, config, c, out)
         timings["full_body_evaluation"] = time.perf_counter() - t
-        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof, c), result)  # after any recalibration
+        result.fold_metrics = _with_fit_columns(fold_metrics(result.oof_parts), result)  # after any recalibration
         t = time.perf_counter()
         artifacts += _write_core_artifacts(out, result, ds, config)
         notes: list[str] = []
@@ -345,6 +365,7 @@ def train(
         }
         result.summary = summary_dict(result, meta)
         write_summary(out, result.summary, _screening_lines(screening))
+        result.oof_parts.release(file=out / "oof_predictions.parquet")  # result.oof reads the file from now on
     with contextlib.suppress(FileNotFoundError):
         (out / INCOMPLETE_MARKER).unlink()
     log.info(result.headline())
@@ -479,9 +500,9 @@ def full_body_evaluation(result: TrainingResult, full: tuple[Dataset, Any], eval
                                                     calibration_rows=FULL_BODY_CALIBRATION_ROWS)
             calibrate_on_full_body(result, sample, config)
         by_fold, metrics = fb.evaluate_training_run(result, eval_ds, eval_index, client, source=source)
-    elif "weight" in result.oof:
+    elif "weight" in result.oof_parts:
         source = "weighted out-of-fold sampled rows (inverse inclusion probabilities): an estimate of every position"
-        by_fold = fb.weighted_oof_stats(result.oof)
+        by_fold = fb.weighted_oof_stats(result.oof_parts)
         metrics = fb.full_body_metrics(by_fold, source=source)
     else:
         result.details["thresholds_note"] = (
@@ -512,7 +533,7 @@ sampled, weighted, for calibrators fitted on the full-body distribution."""
 def recalibrate_on_full_body(result: TrainingResult, config: TrainConfig) -> bool:
     """Whether the calibrators are refitted on full-body out-of-fold scores: unweighted training rows,
     ``--calib-method auto`` and per-class calibration on."""
-    return config.calibrate_per_class and config.calib_method == "auto" and "weight" not in result.oof
+    return config.calibrate_per_class and config.calib_method == "auto" and "weight" not in result.oof_parts
 
 
 def calibrate_on_full_body(result: TrainingResult, sample: pd.DataFrame, config: TrainConfig) -> None:
@@ -538,10 +559,10 @@ def calibrate_on_full_body(result: TrainingResult, sample: pd.DataFrame, config:
         return out
 
     trained = folds >= 0
-    for f in result.fold_calibrators or {int(f): None for f in np.unique(result.oof["fold"])}:
+    for f in result.fold_calibrators or {f: None for f in result.oof_parts.fold_ids}:
         result.fold_calibrators[f] = fit(folds != f)
     result.model.calibrators = fit(trained if trained.any() else np.ones(len(folds), bool))
-    set_probabilities(result.oof, lambda f: result.fold_calibrators.get(f, result.model.calibrators))
+    set_probabilities(result, {f: result.fold_calibrators.get(f, result.model.calibrators) for f in result.oof_parts.fold_ids})
     result.details["calibration_method"] = f"{method} on full-body positions"
     log.info("Calibration refitted on full-body out-of-fold scores: %s per class, %s sampled positions standing for "
              "%s (cross-fitted over %d folds)", method, f"{len(sample):,}", f"{w.sum():,.0f}", len(result.fold_calibrators))
@@ -554,11 +575,12 @@ def _screening_lines(screening) -> list[str]:
 
 
 def _check_oof(result: TrainingResult, n_rows: int) -> None:
-    missing = [c for c in ("gene", "label", "fold", *(f"margin_{c}" for c in LABELS)) if c not in result.oof]
+    parts = result.oof_parts
+    missing = [c for c in ("gene", "label", "fold", *(f"margin_{c}" for c in LABELS)) if c not in parts]
     if missing:
         raise TrainingError(f"Strategy '{result.strategy}' returned out-of-fold predictions without {missing}.")
-    if len(result.oof) != n_rows:
-        raise TrainingError(f"Strategy '{result.strategy}' predicted {len(result.oof)} of {n_rows} rows out of fold.")
+    if len(parts) != n_rows:
+        raise TrainingError(f"Strategy '{result.strategy}' predicted {len(parts)} of {n_rows} rows out of fold.")
 
 
 def _with_fit_columns(fm: pd.DataFrame, result: TrainingResult) -> pd.DataFrame:
@@ -573,9 +595,9 @@ def _with_fit_columns(fm: pd.DataFrame, result: TrainingResult) -> pd.DataFrame:
 
 
 def _write_core_artifacts(out: Path, result: TrainingResult, ds: Dataset, config: TrainConfig) -> list[str]:
-    oof = result.oof
-    cols = [c for c in OOF_COLUMNS if c in oof or c in RAW_COLUMNS] + [c for c in oof if c.startswith("margin_")]
-    write_parquet_chunks(out / "oof_predictions.parquet", oof_tables(oof, cols))
+    parts = result.oof_parts
+    cols = [c for c in OOF_COLUMNS if c in parts or c in RAW_COLUMNS] + [c for c in parts.columns if c.startswith("margin_")]
+    write_parquet_chunks(out / "oof_predictions.parquet", parts.tables(cols, APPLY_CHUNK_ROWS))
     write_csv(out / "gene_cv_metrics.csv", result.fold_metrics)
     write_feature_manifest(out, result, list(ds.schema.feature_columns))
     save_model(result.model, out / "model", strategy=result.strategy, extra={

@@ -41,11 +41,13 @@ def test_the_canary_catches_a_strategy_that_scores_out_of_fold_rows_with_the_fin
 
         def fit(self, ctx):
             result = super().fit(ctx)
-            frame = ctx.dataset.read_genes(sorted(result.oof["gene"].astype(str).unique()))
+            oof = result.oof.copy()
+            frame = ctx.dataset.read_genes(sorted(oof["gene"].astype(str).unique()))
             margins = result.model.predict_margin(result.model.matrix(frame))
-            order = result.oof.sort_values(["gene", "position"]).index
+            order = oof.sort_values(["gene", "position"]).index
             for k, c in enumerate(("neither", "donor", "acceptor")):
-                result.oof.loc[order, f"margin_{c}"] = margins[:, k]
+                oof.loc[order, f"margin_{c}"] = margins[:, k]
+            result.oof = oof  # replaces the out-of-fold predictions
             return result
 
     with pytest.raises(AssertionError, match="not chance"):
@@ -58,7 +60,8 @@ def test_recomputed_margins_catch_out_of_fold_rows_scored_by_another_model(canar
     result = train(canary, tmp_path / "run", client=client, strategy="single", n_folds=3, n_estimators=5,
                    analysis=False, seed=0)
     assert check_out_of_fold_margins(result, canary) < 1e-4
-    fold0 = result.oof["fold"] == 0
-    result.oof.loc[fold0, "margin_donor"] += 0.01  # what another model's margins would look like
+    oof = result.oof.copy()
+    oof.loc[oof["fold"] == 0, "margin_donor"] += 0.01  # what another model's margins would look like
+    result.oof = oof
     with pytest.raises(AssertionError, match="fold 0: out-of-fold margins differ"):
         check_out_of_fold_margins(result, canary)

@@ -107,8 +107,9 @@ def test_incremental_results_do_not_depend_on_the_number_of_workers(client, tiny
         with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", processes=True) as lc, \
                 Client(lc) as one_client:
             one = IncrementalStrategy(TrainConfig()).fit(make_context(one_client, tiny_dataset, n_folds=3))
+            one_oof = one.oof  # its parts live on this cluster's worker
     key = ["gene", "position"]
-    a, b = two.oof.sort_values(key).reset_index(drop=True), one.oof.sort_values(key).reset_index(drop=True)
+    a, b = two.oof.sort_values(key).reset_index(drop=True), one_oof.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     np.testing.assert_array_equal(two.model.coef, one.model.coef)
     np.testing.assert_array_equal(two.model.mean, one.model.mean)

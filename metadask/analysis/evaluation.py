@@ -172,27 +172,17 @@ def evaluation_data(oof: pd.DataFrame, calib_method: str | None, plots: bool = T
             performance_data(oof) if plots else None)
 
 
-def write_evaluation(out_dir: Path, result: TrainingResult, calib_method: str | None, *, client: Any = None,
-                     plots: bool = True) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any] | None]:
+def write_evaluation(out_dir: Path, result: TrainingResult, calib_method: str | None, *, plots: bool = True
+                     ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any] | None]:
     """Write the three evaluation files; return the summary dict, the per-gene table and the plots' data.
 
-    With a Dask ``client`` the out-of-fold columns the evaluation reads are sent to one worker,
-    which computes everything over every row (exact figures, scikit-learn's curves); the client
-    keeps only the results, not the sorting and curve arrays of millions of rows (~2 GiB at
-    8.5 M rows).
+    Computed where the out-of-fold parts are: for a run, on one worker, which gathers the
+    columns the evaluation reads from every part and computes everything over every row (exact
+    figures, scikit-learn's curves); the client receives only the results, whose size does not
+    depend on the rows (the per-gene table grows with the genes).
     """
-    if client is None:
-        summary, genes, data = evaluation_data(result.oof, calib_method, plots)
-    else:
-        from metadask.cluster.watch import gather
-
-        oof = result.oof
-        frame = pd.DataFrame({c: oof[c] for c in EVALUATION_COLUMNS if c in oof}, copy=False)
-        [remote] = client.scatter([frame], hash=False)
-        del frame
-        [(summary, genes, data)] = gather(client, [client.submit(evaluation_data, remote, calib_method, plots, pure=False)],
-                                          "the out-of-fold evaluation")
-        del remote
+    summary, genes, data = result.oof_parts.whole(EVALUATION_COLUMNS, evaluation_data, calib_method, plots,
+                                                  what="the out-of-fold evaluation")
     summary["cv"] = cv_mean_std(result.fold_metrics)
     write_json(out_dir / "meta_evaluation_summary.json", summary)
     write_csv(out_dir / "base_vs_meta_performance.tsv", genes, sep="\t", float_format="%.6g")

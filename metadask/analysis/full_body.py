@@ -29,11 +29,12 @@ import pandas as pd
 
 from metadask.cluster.watch import watched
 from metadask.dataset.rows import GeneSet, gene_partitions
-from metadask.dataset.schema import BASE_SCORE_COLUMNS, is_kmer
+from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS, is_kmer
 from metadask.dataset.source import Dataset, label_vector
 from metadask.errors import DatasetError, ModelError, preview
 from metadask.models.base import MetaModel
 from metadask.models.thresholds import splice_score
+from metadask.results import OOFParts
 
 log = logging.getLogger("metadask")
 
@@ -501,12 +502,15 @@ def evaluate_training_run(result: Any, dataset: Dataset, index: Any, client: Any
     return (by_fold, metrics, sample) if calibration_rows else (by_fold, metrics)
 
 
-def weighted_oof_stats(oof: pd.DataFrame) -> dict[int, ScoreStats]:
-    """Per fold, statistics of weighted out-of-fold rows (an estimate of the full bodies they were sampled from)."""
+def weighted_oof_stats(oof: OOFParts) -> dict[int, ScoreStats]:
+    """Per fold, statistics of weighted out-of-fold rows (an estimate of the full bodies they were sampled from),
+    computed where the parts are (a fold on a worker)."""
+    columns = ["gene", "label", "weight", *BASE_SCORE_COLUMNS, *(f"prob_{c}" for c in LABELS)]
+    return oof.map_folds(columns, _weighted_fold_stats, "the weighted out-of-fold statistics")
+
+
+def _weighted_fold_stats(part: pd.DataFrame) -> ScoreStats:
     from metadask.analysis.metrics import base_proba, meta_proba
 
-    out = {}
-    for f, part in oof.groupby("fold", sort=True):
-        out[int(f)] = stats_of(part["label"].to_numpy(), base_proba(part), meta_proba(part), part["gene"].to_numpy(),
-                               weights=part["weight"].to_numpy())
-    return out
+    return stats_of(part["label"].to_numpy(), base_proba(part), meta_proba(part), part["gene"].to_numpy(),
+                    weights=part["weight"].to_numpy())

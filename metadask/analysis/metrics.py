@@ -18,7 +18,7 @@ from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
     PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
 )
-from metadask.results import map_folds
+from metadask.results import OOFParts
 
 
 def base_proba(pred: pd.DataFrame) -> np.ndarray:
@@ -88,15 +88,15 @@ FOLD_COLUMNS = ("gene", "label", *BASE_SCORE_COLUMNS, *PROB_COLUMNS)
 """The columns :func:`prediction_metrics` reads."""
 
 
-def fold_metrics(oof: pd.DataFrame, client: Any = None) -> pd.DataFrame:
-    """One row of :func:`prediction_metrics` per CV fold of an out-of-fold prediction frame.
+def fold_metrics(oof: OOFParts | pd.DataFrame) -> pd.DataFrame:
+    """One row of :func:`prediction_metrics` per CV fold of out-of-fold predictions.
 
-    A fold at a time, copying only the columns the metrics read. With a Dask ``client`` each
-    fold's columns are sent to a worker and scored there (the client never holds a fold's
-    sorting and curve arrays: ~200 bytes a row of the fold in scikit-learn's AP and ROC-AUC),
-    the folds in parallel; the figures are the same.
+    A fold at a time, only the columns the metrics read, where the parts are: on the workers
+    for a run's :class:`~metadask.results.OOFParts` (the client never holds a fold's rows nor
+    its sorting and curve arrays, ~200 bytes a row in scikit-learn's AP and ROC-AUC), the
+    folds in parallel; here for a frame. The figures are the same.
     """
-    scored = map_folds(oof, FOLD_COLUMNS, prediction_metrics, client, "the per-fold metrics")
+    scored = OOFParts.of(oof).map_folds(FOLD_COLUMNS, prediction_metrics, "the per-fold metrics")
     rows = [{"fold": fold, **r} for fold, r in scored.items()]
     return pd.DataFrame(rows)
 

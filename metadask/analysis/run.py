@@ -81,7 +81,8 @@ def performance_plots(out: Path, result: TrainingResult, per_gene: Any, data: di
     from metadask.analysis import evaluation
     from metadask.analysis import plots as P
 
-    data = data if data is not None else evaluation.performance_data(result.oof)
+    if data is None:
+        data = result.oof_parts.whole(evaluation.EVALUATION_COLUMNS, evaluation.performance_data, what="the performance plots' data")
     d = out / "performance_plots"
     paths = P.save_figure(P.roc_figure(data["curves"]), d / "roc_curves_meta")
     paths += P.save_figure(P.pr_figure(data["curves"]), d / "pr_curves_meta")
@@ -143,7 +144,7 @@ def run_analysis(result: TrainingResult, ctx: Any, out: Path, notes: list[str],
         notes.append("SHAP skipped (--skip-shap): no shap_analysis/; feature importance without SHAP columns.")
 
     ev = steps.run("evaluation", lambda: evaluation.write_evaluation(
-        out, result, result.details.get("calibration_method", cfg.calib_method) if cfg.calibrate_per_class else None, client=ctx.client, plots=plots))
+        out, result, result.details.get("calibration_method", cfg.calib_method) if cfg.calibrate_per_class else None, plots=plots))
     ev_summary, per_gene, plot_data = ev if ev else (None, None, None)
     if ev:
         artifacts += [

@@ -113,13 +113,19 @@ class watched:  # noqa: N801 - used like distributed.as_completed
                     raise
 
 
-def gather(client: Any, futures: Sequence[Any], what: str, **watchdog: Any) -> list[Any]:
-    """``client.gather(futures)`` (results in order), watched; the first failed task raises at once."""
+def wait_all(client: Any, futures: Sequence[Any], what: str, **watchdog: Any) -> None:
+    """Wait until every future is done (the results stay where they are), watched; the first failed task raises at once."""
     futures = list(futures)
     for fut in watched(client, futures, what, **watchdog):
         if fut.status == "error":
             client.cancel([f for f in futures if f is not fut])
             fut.result()  # raises the task's exception
+
+
+def gather(client: Any, futures: Sequence[Any], what: str, **watchdog: Any) -> list[Any]:
+    """``client.gather(futures)`` (results in order), watched; the first failed task raises at once."""
+    futures = list(futures)
+    wait_all(client, futures, what, **watchdog)
     return client.gather(futures)
 
 

@@ -25,7 +25,7 @@ from metadask.dataset.source import Dataset
 from metadask.journal import Journal, digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes
 from metadask.plan import FoldPlan
-from metadask.results import OOFAssembler, TrainingResult
+from metadask.results import OOFParts, TrainingResult
 from metadask.strategies.capacity import memory_failure, task_name, watched
 from metadask.strategies.tasks import FitSpec, GeneSet, gene_set, run_fit, run_fits
 
@@ -171,7 +171,8 @@ class TrainContext:
             part = self.result(fut, task_name(fut.key))
             fut.release()
             if len(futures) > 1:
-                rows = f", {len(part):,} rows" if isinstance(part, pd.DataFrame) else ""
+                n_rows = len(part) if isinstance(part, pd.DataFrame) else getattr(part, "rows", None)
+                rows = f", {n_rows:,} rows" if n_rows is not None else ""
                 log.info("[%d/%d] %s%s (elapsed %.0f s)", n, len(futures), what, rows, time.perf_counter() - t0)
             yield position[fut.key], part
 
@@ -182,18 +183,14 @@ class TrainContext:
             results[i] = part
         return results
 
-    def oof_frame(self, futures: Sequence[Any], folds: Sequence[int]) -> pd.DataFrame:
-        """The out-of-fold frame from prediction tasks (``folds[i]``: the CV fold whose models scored part ``i``).
+    def oof_parts(self, futures: Sequence[Any], folds: Sequence[int]) -> OOFParts:
+        """The out-of-fold predictions of prediction tasks (``folds[i]``: the CV fold whose models scored part ``i``).
 
-        Each part is made compact as it lands and its future released, so the client holds about
-        one compact frame, never the parts and their concatenation at once
-        (:class:`~metadask.results.OOFAssembler`).
+        The parts stay on the workers, made compact there
+        (:meth:`~metadask.results.OOFParts.collect`); the client waits for each, logging a line
+        as it lands, and receives only its number of rows.
         """
-        assembler = OOFAssembler(self.index.genes, len(futures))
-        for i, part in self.each_result(futures, "out-of-fold predictions"):
-            assembler.add(i, part, folds[i])
-            del part
-        return assembler.frame()
+        return OOFParts.collect(self.client, futures, folds, self.index.genes, self.each_result)
 
     def result(self, future: Any, task: str) -> Any:
         """``future.result()``; a task lost to memory becomes one :class:`~metadask.errors.TrainingError` line."""
@@ -254,9 +251,10 @@ class Strategy(abc.ABC):
     def fit(self, ctx: TrainContext) -> TrainingResult:
         """Train on ``ctx`` and return out-of-fold margins for every row plus a final model.
 
-        ``result.oof`` must hold ``gene``, ``position``, ``label``, the base scores,
-        ``margin_{neither,donor,acceptor}`` and ``fold`` for every row of the dataset, each
-        predicted by models that never saw the row's gene.
+        ``result.oof_parts`` (:meth:`TrainContext.oof_parts`, or a plain frame) must hold
+        ``gene``, ``position``, ``label``, the base scores, ``margin_{neither,donor,acceptor}``
+        and ``fold`` for every row of the dataset, each predicted by models that never saw the
+        row's gene.
         """
 
     def describe(self, ctx: TrainContext) -> str:

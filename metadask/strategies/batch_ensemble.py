@@ -44,7 +44,7 @@ from metadask.models.ensemble import EnsembleModel, fit_weights, member_margins
 from metadask.models.metrics import PROB_COLUMNS, binary_metrics, classification_metrics
 from metadask.models.threads import fit_threads
 from metadask.plan import eval_sample, split_validation
-from metadask.results import FoldModels, TrainingResult, map_folds
+from metadask.results import FoldModels, TrainingResult
 from metadask.strategies.base import BOOSTING_OPTIONS, ENSEMBLE_OPTIONS, FINAL_MODEL_OPTIONS, Strategy, TrainContext, fits_frame
 from metadask.strategies.tasks import FitSpec, GeneSet, margins_frame, read_rows
 
@@ -204,20 +204,19 @@ def fold_figures(part: pd.DataFrame) -> dict[str, Any]:
             "base_binary_f1": binary_metrics(y, base)["f1"]}
 
 
-def ensemble_cv_results(result: TrainingResult, client: Any = None) -> pd.DataFrame:
+def ensemble_cv_results(result: TrainingResult) -> pd.DataFrame:
     """Per-fold figures of the ensemble's honest CV (``ensemble_cv_results.csv``).
 
-    Uses the calibrated ``prob_*`` columns of ``result.oof`` when present (after
+    Uses the calibrated ``prob_*`` columns of the out-of-fold predictions when present (after
     :func:`metadask.training.calibrate`), otherwise the uncalibrated combined sigmoids. A fold
-    at a time, only the columns it reads; with a Dask ``client`` each fold is scored on a worker
-    (the client keeps no fold's metric arrays).
+    at a time, only the columns it reads, where the parts are (each fold scored on a worker).
     """
-    oof = result.oof
+    oof = result.oof_parts
     calibrated = all(c in oof for c in PROB_COLUMNS)
     columns = ["gene", "label", "neither_score", "donor_score", "acceptor_score",
                *(PROB_COLUMNS if calibrated else [f"margin_{c}" for c in LABELS])]
     folds = {int(r["fold"]): r for r in result.details.get("ensemble_cv", [])}
-    figures = map_folds(oof, columns, fold_figures, client, "the ensemble CV figures")
+    figures = oof.map_folds(columns, fold_figures, "the ensemble CV figures")
     rows_out = []
     for fold, fig in figures.items():
         info = folds.get(fold, {})
@@ -363,7 +362,7 @@ class BatchEnsembleStrategy(Strategy):
         outputs = ctx.collect(cv_items, "CV member fit") if cv_items else {}
         if member_items:
             outputs.update(ctx.collect(member_items, "member fit"))
-        oof = ctx.oof_frame([f for _, f in oof_parts], [fold for fold, _ in oof_parts])
+        oof = ctx.oof_parts([f for _, f in oof_parts], [fold for fold, _ in oof_parts])
 
         if cv_final:
             prefixes = [p for fp in ctx.fold_plans for p in fold_prefixes[fp.fold]]
@@ -398,10 +397,10 @@ class BatchEnsembleStrategy(Strategy):
                                  fit_weights(fits, cfg.ensemble_method), ctx.features, method=cfg.ensemble_method)
 
         result = TrainingResult(
-            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            strategy=self.name, reason="", model=model, oof_parts=oof, fits=fits_frame(specs, outputs),
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=folds, details=details,
             fold_models=FoldModels(fold_model, fold_prefixes),
         )
-        result.details["ensemble_cv_results"] = ensemble_cv_results(result, ctx.client)
+        result.details["ensemble_cv_results"] = ensemble_cv_results(result)
         return result

@@ -196,7 +196,7 @@ def task_name(key: Any) -> str:
     text = re.sub(r"^metadask-", "", text)
     text = re.sub(r"-(?:[0-9a-f]{8,}|\d{6,})$", "", text)
     kind, _, rest = text.partition("-")
-    names = {"fit": "fit", "fits": "fits", "oof": "out-of-fold prediction"}
+    names = {"fit": "fit", "fits": "fits", "oof": "out-of-fold prediction", "part": "out-of-fold part"}
     return f"{names.get(kind, kind)} {rest}".strip()
 
 

@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 
 from metadask.cluster import wait_for_workers, workers_info
 from metadask.cluster.watch import watched
@@ -47,7 +46,7 @@ from metadask.dataset.source import Dataset
 from metadask.errors import TrainingError
 from metadask.journal import digest
 from metadask.models.boosted import BoosterModel, FitOutput, booster_from_bytes, booster_to_bytes
-from metadask.results import FoldModels, TrainingResult
+from metadask.results import FoldModels, OOFParts, TrainingResult
 from metadask.strategies.base import BOOSTING_OPTIONS, Strategy, TrainContext, fits_frame, fold_booster_model
 from metadask.strategies.tasks import FitSpec, GeneSet, final_rounds, gene_partitions, read_rows, run_predict
 
@@ -344,7 +343,7 @@ class DistributedStrategy(Strategy):
         for o in outputs.values():
             o.nthread = threads
         return TrainingResult(
-            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            strategy=self.name, reason="", model=model, oof_parts=oof, fits=fits_frame(specs, outputs),
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=ctx.folds,
             details={"workers": sorted(workers), "collective_timeout_s": int(setting("collective-timeout"))},
@@ -393,7 +392,7 @@ class DistributedStrategy(Strategy):
         finally:
             del train, valid, held_in  # release the persisted blocks before the next split
 
-    def _predict_oof(self, ctx: TrainContext, outputs: dict[str, FitOutput]) -> pd.DataFrame:
+    def _predict_oof(self, ctx: TrainContext, outputs: dict[str, FitOutput]) -> OOFParts:
         """Margins of each fold's boosters for its test genes, one task per test partition."""
         client = ctx.client
         futures, folds = [], []
@@ -404,4 +403,4 @@ class DistributedStrategy(Strategy):
                 futures.append(client.submit(run_predict, ctx.dataset, ctx.features, gs, fits_future,
                                              key=f"metadask-dxgb-oof-f{fp.fold}-{i}-{id(ctx)}", retries=2))
                 folds.append(fp.fold)
-        return ctx.oof_frame(futures, folds)
+        return ctx.oof_parts(futures, folds)

@@ -57,7 +57,7 @@ from metadask.dataset.source import Dataset
 from metadask.errors import option_error
 from metadask.models.boosted import FitOutput
 from metadask.models.linear import LinearModel, standardise
-from metadask.results import TrainingResult
+from metadask.results import OOFParts, TrainingResult
 from metadask.strategies.base import Strategy, TrainContext, fits_frame
 from metadask.strategies.capacity import watched
 from metadask.strategies.tasks import (
@@ -308,7 +308,7 @@ class IncrementalStrategy(Strategy):
                       "epochs": chosen, "max_epochs": epochs, "alpha": float(setting("alpha"))}
         oof = self._predict_oof(ctx, fold_models, max_rows)
         return TrainingResult(
-            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            strategy=self.name, reason="", model=model, oof_parts=oof, fits=fits_frame(specs, outputs),
             histories=histories, features=feats, excluded=dict(ctx.excluded), folds=ctx.folds,
             fold_models=dict(fold_models),
             details={"epochs": epochs, "alpha": float(setting("alpha")), "final_epochs": chosen,
@@ -340,14 +340,14 @@ class IncrementalStrategy(Strategy):
         out[None] = m.standardisation()
         return out
 
-    def _predict_oof(self, ctx: TrainContext, models: dict[int, LinearModel], max_rows: int) -> pd.DataFrame:
+    def _predict_oof(self, ctx: TrainContext, models: dict[int, LinearModel], max_rows: int) -> OOFParts:
         futures, folds = [], []
         for fp in ctx.fold_plans:
             model = ctx.client.scatter(models[fp.fold], hash=False)
             for gs, _ in gene_partitions(ctx.index, fp.test, max_rows):
                 futures.append(ctx.client.submit(_linear_predict, ctx.dataset, ctx.features, gs, model, pure=False, retries=2))
                 folds.append(fp.fold)
-        return ctx.oof_frame(futures, folds)
+        return ctx.oof_parts(futures, folds)
 
 
 def _curves(parts: list[tuple[tuple[np.ndarray, int], ...]]) -> np.ndarray:

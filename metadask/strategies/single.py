@@ -114,12 +114,12 @@ class SingleStrategy(Strategy):
         outputs = ctx.collect(cv_items, "CV fit")
         if final_items:
             outputs.update(ctx.collect(final_items, "final fit"))
-        oof = ctx.oof_frame(oof_futures, [fp.fold for fp in ctx.fold_plans])
+        oof = ctx.oof_parts(oof_futures, [fp.fold for fp in ctx.fold_plans])
         model = final_model(outputs, ctx) if refit else cv_ensemble(outputs, ctx)
         model.info = {"strategy": self.name, "genes": ctx.index.n_genes, "rows": ctx.index.n_rows,
                       "final_model": cfg.final_model, "trees": model_trees(model)}
         return TrainingResult(
-            strategy=self.name, reason="", model=model, oof=oof, fits=fits_frame(specs, outputs),
+            strategy=self.name, reason="", model=model, oof_parts=oof, fits=fits_frame(specs, outputs),
             histories={k: o.history for k, o in outputs.items() if o.history}, features=list(ctx.features),
             excluded=dict(ctx.excluded), folds=ctx.folds,
             fold_models=FoldModels(lambda f: fold_booster_model(outputs, f"cv-f{f}", ctx.features),
