@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metadask.dataset.schema import BASE_SCORE_COLUMNS, LABELS
 from metadask.models.metrics import (  # noqa: F401  (re-exported: analysis reads them from here)
-    PROB_COLUMNS, RAW_COLUMNS, binary_metrics, classification_metrics, safe_metric,
+    PROB_COLUMNS, RAW_COLUMNS, average_precision, binary_metrics, classification_metrics, ranking, roc_auc,
 )
 from metadask.results import OOFParts
 
@@ -207,8 +206,8 @@ def per_class_report(y: np.ndarray, proba: np.ndarray) -> dict[str, dict[str, fl
             "precision": tp / (tp + fp) if tp + fp else 0.0,
             "recall": tp / (tp + fn) if tp + fn else 0.0,
             "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-            "ap": safe_metric(average_precision_score, truth, proba[:, k]) if truth.any() else float("nan"),
-            "roc_auc": safe_metric(roc_auc_score, truth, proba[:, k]) if truth.any() and not truth.all() else float("nan"),
+            "ap": average_precision(truth, proba[:, k]),
+            "roc_auc": roc_auc(truth, proba[:, k]),
         }
     return out
 
@@ -276,22 +275,14 @@ def per_gene_table(pred: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def thin(x: np.ndarray, y: np.ndarray, max_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_points`` evenly spaced points of a curve, endpoints kept (for plotting)."""
-    if len(x) <= max_points:
-        return x, y
-    idx = np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(np.int64))
-    return x[idx], y[idx]
-
-
-def curve_data(y: np.ndarray, proba_by_model: dict[str, np.ndarray], max_points: int = 1000) -> dict[str, Any]:
+def curve_data(y: np.ndarray, proba_by_model: dict[str, np.ndarray]) -> dict[str, Any]:
     """ROC and PR curves per task (binary splice-vs-neither, then each class one-vs-rest) and model.
 
     Returns ``{task: {model: {"fpr", "tpr", "auc", "precision", "recall", "ap", "prevalence"}}}``
-    with curves thinned to ``max_points`` for plotting (AUC / AP from the full curves).
+    with curves thinned to :data:`~metadask.models.metrics.CURVE_POINTS` for plotting (AUC / AP from the full curves;
+    :func:`~metadask.models.metrics.ranking`, so the summary's figures of the same pairs are not
+    sorted again).
     """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     y = np.asarray(y)
     tasks: dict[str, np.ndarray] = {"splice_vs_neither": y != 0, **{name: y == k for k, name in enumerate(LABELS)}}
     out: dict[str, Any] = {}
@@ -301,13 +292,9 @@ def curve_data(y: np.ndarray, proba_by_model: dict[str, np.ndarray], max_points:
             continue
         for model, proba in proba_by_model.items():
             score = proba[:, 1] + proba[:, 2] if task == "splice_vs_neither" else proba[:, LABELS.index(task)]
-            fpr, tpr, _ = roc_curve(truth, score)
-            prec, rec, _ = precision_recall_curve(truth, score)
-            fx, fy = thin(fpr, tpr, max_points)
-            rx, ry = thin(rec[::-1], prec[::-1], max_points)
+            r = ranking(truth, score)
             out[task][model] = {
-                "fpr": fx, "tpr": fy, "auc": float(roc_auc_score(truth, score)),
-                "recall": rx, "precision": ry, "ap": float(average_precision_score(truth, score)),
-                "prevalence": float(truth.mean()),
+                "fpr": r.fpr, "tpr": r.tpr, "auc": r.roc_auc, "recall": r.recall, "precision": r.precision,
+                "ap": r.ap, "prevalence": float(truth.mean()),
             }
     return out

@@ -7,8 +7,11 @@ them; they live here so that strategies and analysis never import each other. Cl
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metadask.dataset.schema import LABELS
 
@@ -16,12 +19,89 @@ PROB_COLUMNS = tuple(f"prob_{c}" for c in LABELS)
 RAW_COLUMNS = tuple(f"raw_{c}" for c in LABELS)
 
 
-def safe_metric(fn, *args, **kw) -> float:
-    """``fn(*args, **kw)`` as a float; NaN where scikit-learn finds it undefined (one class only)."""
-    try:
-        return float(fn(*args, **kw))
-    except ValueError:
-        return float("nan")
+class Ranking(NamedTuple):
+    """What scikit-learn's ranking metrics give for one (truth, score) pair: ROC-AUC and AP
+    (NaN where undefined), and the ROC and PR curves thinned for plotting."""
+
+    roc_auc: float
+    ap: float
+    fpr: np.ndarray
+    tpr: np.ndarray
+    recall: np.ndarray
+    precision: np.ndarray
+
+
+CURVE_POINTS = 1000
+"""Points kept of each plotted curve (:func:`thin`)."""
+_RANKINGS: OrderedDict[bytes, Any] = OrderedDict()
+
+
+def thin(x: np.ndarray, y: np.ndarray, max_points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` evenly spaced points of a curve, endpoints kept (for plotting)."""
+    if len(x) <= max_points:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(np.int64))
+    return x[idx], y[idx]
+
+
+def _remembered(kind: str, truth: np.ndarray, score: np.ndarray, compute: Any) -> Any:
+    """``compute(truth, score)``, remembered for the last 64 (kind, pair) by a digest of the arrays' content."""
+    digest = hashlib.blake2b(kind.encode(), digest_size=16)
+    digest.update(truth.tobytes())
+    digest.update(str(score.dtype).encode())
+    digest.update(np.ascontiguousarray(score).tobytes())
+    key = digest.digest()
+    hit = _RANKINGS.get(key)
+    if hit is None:
+        hit = _RANKINGS[key] = compute(truth, score)
+        while len(_RANKINGS) > 64:
+            _RANKINGS.popitem(last=False)
+    _RANKINGS.move_to_end(key)
+    return hit
+
+
+def _pr(truth: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    from sklearn.metrics import precision_recall_curve
+
+    if not truth.any():
+        return float("nan"), np.array([]), np.array([])
+    prec, rec, _ = precision_recall_curve(truth, score)
+    ap = float(max(0.0, -np.sum(np.diff(rec) * prec[:-1])))  # average_precision_score's step integral
+    return (ap, *thin(rec[::-1], prec[::-1]))
+
+
+def _roc(truth: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    from sklearn.metrics import auc, roc_curve
+
+    if truth.all() or not truth.any():
+        return float("nan"), np.array([]), np.array([])
+    fpr, tpr, _ = roc_curve(truth, score)
+    return (float(auc(fpr, tpr)), *thin(fpr, tpr))  # roc_auc_score's area
+
+
+def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
+    """``average_precision_score(truth, score)`` (NaN without positives), one sort per pair (see :func:`ranking`)."""
+    return _remembered("pr", np.asarray(truth, dtype=bool), np.asarray(score), _pr)[0]
+
+
+def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """``roc_auc_score(truth, score)`` (NaN with one class only), one sort per pair (see :func:`ranking`)."""
+    return _remembered("roc", np.asarray(truth, dtype=bool), np.asarray(score), _roc)[0]
+
+
+def ranking(truth: np.ndarray, score: np.ndarray) -> Ranking:
+    """ROC-AUC, AP and the thinned curves of ``score`` for binary ``truth``.
+
+    The same numbers as scikit-learn's ``roc_auc_score`` (the ``auc`` of ``roc_curve``) and
+    ``average_precision_score`` (the step integral of ``precision_recall_curve``). The
+    evaluation asks for the same pairs several times (the summary's per-class and binary
+    figures, the plots' curves): the last 64 are remembered by their content (a digest of the
+    two arrays), so each pair is sorted once for its PR curve and once for its ROC curve.
+    """
+    truth, score = np.asarray(truth, dtype=bool), np.asarray(score)
+    ap, rec, prec = _remembered("pr", truth, score, _pr)
+    auc_, fpr, tpr = _remembered("roc", truth, score, _roc)
+    return Ranking(auc_, ap, fpr, tpr, rec, prec)
 
 
 def f1_from_counts(tp: float, fp: float, fn: float) -> float:
@@ -38,8 +118,8 @@ def binary_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     tp, fp, fn = int((call & truth).sum()), int((call & ~truth).sum()), int((~call & truth).sum())
     return {
         "f1": f1_from_counts(tp, fp, fn),
-        "ap": safe_metric(average_precision_score, truth, score) if truth.any() else float("nan"),
-        "roc_auc": safe_metric(roc_auc_score, truth, score),
+        "ap": average_precision(truth, score),
+        "roc_auc": roc_auc(truth, score),
         "fp": fp,
         "fn": fn,
         "tp": tp,
@@ -64,5 +144,5 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
     }
     for k, name in enumerate(LABELS):
         out[f"f1_{name}"] = f1s[k]
-        out[f"ap_{name}"] = safe_metric(average_precision_score, y == k, proba[:, k]) if (y == k).any() else float("nan")
+        out[f"ap_{name}"] = average_precision(y == k, proba[:, k])
     return out
