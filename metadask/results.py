@@ -106,7 +106,7 @@ def compact_part(part: pd.DataFrame, genes: pd.Index, fold: int) -> pd.DataFrame
     return pd.DataFrame(cols)
 
 
-def _columns(parts: Sequence[pd.DataFrame], columns: Sequence[str] | None) -> pd.DataFrame:
+def concat_parts(parts: Sequence[pd.DataFrame], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The parts' ``columns`` (all when None) as one frame (gene codes concatenated, not strings)."""
     frames = [p if columns is None else p[[c for c in columns if c in p]] for p in parts]
     if len(frames) == 1:
@@ -182,14 +182,13 @@ class OOFParts:
         [index] = client.scatter([pd.Index(sorted(genes), dtype=object)], broadcast=False, hash=False)
         parts = [client.submit(compact_part, f, index, int(fold), key=f"metadask-part-compact{i}-{token}", pure=False)
                  for i, (f, fold) in enumerate(zip(futures, folds))]
-        infos: list[PartInfo | None] = [None] * len(parts)
+        infos: list[Any] = [None] * len(parts)  # each PartInfo, in part order
         info_futures = [client.submit(_part_info, p, key=f"metadask-part-rows{i}-{token}", pure=False) for i, p in enumerate(parts)]
         for f in futures:
             f.release()  # the compact part (a task on the same worker) holds the data from here on
         for i, info in results(info_futures, "out-of-fold predictions"):
             infos[i] = info
-        columns = infos[0].columns if infos and infos[0] else ()
-        return cls(parts, folds, [info.rows for info in infos if info], columns, client)
+        return cls(parts, folds, [info.rows for info in infos], infos[0].columns if infos else (), client)
 
     # -- what the parts hold -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -233,7 +232,7 @@ class OOFParts:
         self._ensure()
         items = {}
         for f in self.fold_ids:
-            rows = self._submit(_columns, [p for p, pf in zip(self.parts, self.folds) if pf == f], list(columns), name="fold")
+            rows = self._submit(concat_parts, [p for p, pf in zip(self.parts, self.folds) if pf == f], list(columns), name="fold")
             items[f] = self._submit(fn, rows)
             del rows  # the scheduler keeps it until fn has run
         return dict(zip(items, self._results(list(items.values()), what)))
@@ -241,7 +240,7 @@ class OOFParts:
     def whole(self, columns: Sequence[str], fn: Callable[..., Any], *args: Any, what: str) -> Any:
         """``fn(every row (only columns), *args)``, computed on one worker."""
         self._ensure()
-        rows = self._submit(_columns, self.parts, list(columns), name="rows")
+        rows = self._submit(concat_parts, self.parts, list(columns), name="rows")
         [out] = self._results([self._submit(fn, rows, *args)], what)
         return out
 
@@ -286,7 +285,7 @@ class OOFParts:
                 self._frame = pd.read_parquet(self.file)
             else:
                 parts = self.parts if self.client is None else [self.client.gather(p) for p in self.parts]
-                self._frame = _columns(parts, None) if parts else pd.DataFrame(columns=list(self.columns))
+                self._frame = concat_parts(parts) if parts else pd.DataFrame(columns=list(self.columns))
         return self._frame
 
     def release(self, file: Any = None) -> None:

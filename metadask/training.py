@@ -30,7 +30,7 @@ from metadask.journal import Journal
 from metadask.models.bundle import save_model
 from metadask.models.calibration import IDENTITY, combine, fit_calibrator
 from metadask.plan import assign_folds, check_classes, choose_strategy, plan_folds
-from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, fold_rows, raw_proba
+from metadask.results import OOF_COLUMNS, OOF_FLOAT, TrainingResult, concat_parts, fold_rows, raw_proba
 from metadask.strategies.base import TrainContext, ignored_options
 from metadask.strategies.capacity import apply_fit_slots, check_worker_memory, lost_to_memory, plan_inputs
 from metadask.strategies.registry import get_strategy
@@ -174,7 +174,7 @@ def calibrate(result: TrainingResult, config: TrainConfig) -> None:
     keep = calibration_keep(counts, CALIBRATION_FIT_ROWS)
     columns = ["label", "fold", *BASE_SCORE_COLUMNS, *(f"margin_{c}" for c in LABELS), "weight"]
     drawn = parts.map_parts(draw_calibration_rows, keep, config.seed, columns, what="the calibration sample", indexed=True)
-    sample = pd.concat(drawn, ignore_index=True) if len(drawn) > 1 else drawn[0].reset_index(drop=True)
+    sample = concat_parts(drawn)
     del drawn
     raw = raw_proba(sample)
     y = sample["label"].to_numpy()
