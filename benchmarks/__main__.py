@@ -26,6 +26,7 @@ CASES = [
     "full_body",       # every gene-body position, out of fold: base vs meta workflows, prediction speed
     "read_path",       # a gene set's rows: one open per file vs the earlier two passes vs bare pyarrow
     "client_memory",   # the client's peak over out-of-fold rows: assembly, calibration, fold metrics, the OOF file
+    "tree_settings",   # booster settings (bins, depth, sampling, learning rate, patience): CPU vs out-of-fold quality
 ]
 
 

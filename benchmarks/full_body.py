@@ -17,7 +17,11 @@ threshold; AP donor / acceptor; global top-k per class; false positives per 10 k
 peak memory of the client and the workers; and prediction rows/s of ``predict_dataset`` next to
 bare XGBoost ``inplace_predict`` on the same boosters and rows in the same run.
 
-    python -m benchmarks full_body [--n-estimators 300] [--synthetic-genes 150] [--workflows ...] [--tiny]
+    python -m benchmarks full_body [--n-estimators 300] [--synthetic-genes 150] [--workflows ...]
+        [--option KEY=VALUE ...] [--name NAME] [--tiny]
+
+``--option`` passes a training option to every workflow (``--option learning_rate=0.2``), to
+compare settings on the distribution users run the model on; ``--name`` names the result file.
 
 Real data come from ``../shared/data`` (``METADASK_REAL_DATA``); without them the real rows
 are recorded as skipped. ``--tiny`` (the smoke test) uses 24 synthetic genes and 10 trees.
@@ -100,6 +104,17 @@ def prediction_speed(model_dir: Path, dataset: Path, workers: int) -> dict[str, 
                     f"({workers} threads)"}
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value as int, float or text)."""
+    key, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return key.strip().replace("-", "_"), kind(value)
+        except ValueError:
+            pass
+    return key.strip().replace("-", "_"), value
+
+
 def run_workflow(name: str, train_path: Path, out: Path, opts: dict[str, Any], workers: int) -> dict[str, Any]:
     print(f"  {name}: training on {train_path} ...", flush=True)
     rec = train_measured(str(train_path), str(out), opts.pop("strategy", "single"), opts, workers=workers)
@@ -136,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gene-length", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workflows", default="sampled,weighted,library,mining")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training option for every workflow (repeatable), e.g. learning_rate=0.2")
+    ap.add_argument("--name", default=None, help="result file name (default full_body)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
     from metadask.testing import real_data_path
@@ -143,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         args.n_estimators, args.synthetic_genes, args.gene_length = 10, 24, 1200
     wanted = set(args.workflows.split(","))
-    common = {"n_estimators": args.n_estimators, "skip_shap": True}
+    common = {"n_estimators": args.n_estimators, "skip_shap": True, **dict(_option(o) for o in args.option)}
     results: dict[str, Any] = {"options": vars(args), "targets": TARGETS, "real": {}, "synthetic": {}}
     fb = None if args.tiny else real_data_path("real_fly_fullbody_3mer_60")
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             p = results[part]["prediction"]
             print(f"{part:9s} prediction: {p['predict_rows_per_second']:,.0f} rows/s vs bare {p['bare_rows_per_second']:,.0f} "
                   f"(predict_dataset / bare time: {p['ratio']:.2f})")
-    write_result("full_body_tiny" if args.tiny else "full_body", results)
+    write_result(args.name or ("full_body_tiny" if args.tiny else "full_body"), results)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ EXPECTED_KEYS = {
     "full_body": {"options", "targets", "real", "synthetic"},
     "read_path": {"features", "cases"},
     "client_memory": {"options", "runs", "ratios"},
+    "tree_settings": {"rows", "features", "variants"},
 }
 
 
@@ -156,7 +157,15 @@ def check_client_memory(data: dict) -> None:
     assert abs(sum(run["prob_mean"]) - 1) < 1e-5 and 0 < run["meta_binary_f1"] <= 1 and run["file_bytes"] > 0
 
 
-CHECKS = {"client_memory": check_client_memory, "read_path": check_read_path, "shap_speed": check_shap_speed, "analysis_overhead": check_analysis_overhead,
+def check_tree_settings(data: dict) -> None:
+    first, *others = data["variants"].values()
+    assert first["settings"] == {} and first["cpu_ratio"] == 1.0 and set(first["quality_delta"].values()) == {0.0}
+    assert {"max_bin": 64} in [v["settings"] for v in others] and all(v["trees"] > 0 for v in data["variants"].values())
+    for v in data["variants"].values():
+        assert v["cpu_seconds"] > 0 and all(0 < q <= 1 for q in v["quality"].values())
+
+
+CHECKS = {"tree_settings": check_tree_settings, "client_memory": check_client_memory, "read_path": check_read_path, "shap_speed": check_shap_speed, "analysis_overhead": check_analysis_overhead,
           "scale_out": check_scale_out, "real_data": check_real_data, "full_body": check_full_body, "inference": check_inference, "growth": check_growth,
           "shared_reads": check_shared_reads, "ensemble_scoring": check_ensemble_scoring}
 

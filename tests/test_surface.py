@@ -55,6 +55,25 @@ def test_the_docs_option_tables_name_exactly_the_train_options_in_the_help_secti
         assert sorted({_param_of(f) for f in flags}) == sorted(n for n in names if n != "help"), title
 
 
+def test_the_train_commands_defaults_are_the_libraries():
+    """``metadask train`` and ``metadask.train`` / ``TrainConfig`` default to the same values.
+
+    The CLI keeps its defaults literal (importing the config costs dask's import at every
+    ``metadask --help``), so a changed library default must change here too.
+    """
+    library = TrainConfig()
+    unset = (None, False, ())
+    compared = 0
+    for p in train.params:
+        if p.name in TrainConfig.__dataclass_fields__ and isinstance(p.default, (int, float, str)) \
+                and not isinstance(p.default, bool):
+            assert p.default == getattr(library, p.name), f"--{p.name.replace('_', '-')}: CLI {p.default!r}, library {getattr(library, p.name)!r}"
+            compared += 1
+        elif p.name in TrainConfig.__dataclass_fields__ and p.default is None:
+            assert getattr(library, p.name) in unset, p.name
+    assert compared >= 20
+
+
 def test_every_train_option_is_in_exactly_one_help_section():
     placed = [n for _, names in TRAIN_SECTIONS for n in names]
     assert len(placed) == len(set(placed))
